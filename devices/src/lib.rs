@@ -1,0 +1,7 @@
+//! Device models for the VMM: guest RAM and its policy, virtio devices and
+//! their saved state, vhost-user.
+
+pub mod ram;
+pub mod size;
+pub mod vhost_user;
+pub mod virtio;
