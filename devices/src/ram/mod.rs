@@ -18,3 +18,6 @@ pub use policy::{check, Need, PolicyError, RamRequirement, Refusal};
 
 /// Size of a host base page; balloon pages and discard granularity are in these units.
 pub const PAGE_SIZE: u64 = 4096;
+
+#[cfg(test)]
+mod tests;

@@ -96,11 +96,14 @@ impl fmt::Display for PolicyError {
     }
 }
 
-/// The name users know a region by, for messages.
-pub fn region_name(role: &RegionRole) -> String {
+/// The name users know a region by and the option that configures it, for messages.
+pub fn region_name(role: &RegionRole) -> (String, String) {
     match role {
-        RegionRole::Boot => "guest RAM (--memory".to_string(),
-        RegionRole::VirtioMem(id) => format!("the memory of virtio-mem '{id}' (--virtio-mem"),
+        RegionRole::Boot => ("guest RAM".into(), "--memory".into()),
+        RegionRole::VirtioMem(id) => (
+            format!("the memory of virtio-mem '{id}'"),
+            format!("--virtio-mem id={id}"),
+        ),
     }
 }
 
@@ -168,7 +171,10 @@ pub fn check(
                 refusals.push(Refusal {
                     device: req.device.clone(),
                     option: req.option.clone(),
-                    memory: format!("{} {backing})", region_name(role)),
+                    memory: {
+                        let (name, option) = region_name(role);
+                        format!("{name} ({option} {backing})")
+                    },
                     reason: format!("{}, but {reason}", req.why),
                     fix: req.fix.clone(),
                 });

@@ -268,3 +268,83 @@ impl VirtioCommonState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Sample {
+        a: u64,
+        b: Vec<u8>,
+    }
+
+    fn sample() -> Sample {
+        Sample {
+            a: 7,
+            b: vec![1, 2, 3],
+        }
+    }
+
+    #[test]
+    fn envelope_round_trips() {
+        let bytes = encode(2, 1, &sample());
+        assert_eq!(decode::<Sample>(&bytes, 2, 1..=1).unwrap(), sample());
+    }
+
+    #[test]
+    fn envelope_refusals_are_specific() {
+        let bytes = encode(2, 3, &sample());
+        assert!(matches!(
+            decode::<Sample>(b"nope", 2, 1..=3),
+            Err(PersistError::BadMagic)
+        ));
+        assert!(matches!(
+            decode::<Sample>(&bytes, 5, 1..=3),
+            Err(PersistError::WrongDevice {
+                expected: 5,
+                found: 2
+            })
+        ));
+        let e = decode::<Sample>(&bytes, 2, 1..=2).unwrap_err();
+        assert!(matches!(
+            e,
+            PersistError::UnsupportedVersion { found: 3, .. }
+        ));
+        assert!(e.to_string().contains("reads 1 to 2"), "{e}");
+        for cut in 4..bytes.len() {
+            assert!(
+                matches!(
+                    decode::<Sample>(&bytes[..cut], 2, 1..=3),
+                    Err(PersistError::Decode(_))
+                ),
+                "truncated at {cut}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode::<Sample>(&longer, 2, 1..=3).is_err());
+    }
+
+    #[test]
+    fn huge_length_prefix_is_refused_without_allocating() {
+        let mut bytes = encode(2, 1, &sample());
+        // The payload length field follows magic (4), type (4) and version (2).
+        bytes[10..18].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            decode::<Sample>(&bytes, 2, 1..=1),
+            Err(PersistError::Decode(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut with_magic = MAGIC.to_vec();
+            with_magic.extend_from_slice(&data);
+            let _ = decode::<VirtioCommonState>(&data, 2, 1..=1);
+            let _ = decode::<VirtioCommonState>(&with_magic, 2, 1..=1);
+        }
+    }
+}

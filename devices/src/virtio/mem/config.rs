@@ -26,7 +26,7 @@ impl MemConfig {
     pub fn ram_requirements(&self) -> Vec<RamRequirement> {
         let mut reqs = vec![RamRequirement {
             device: self.device_name(),
-            option: format!("backing of its region ({})", self.backing),
+            option: "plug/unplug".into(),
             need: Need::Discard {
                 granularity: self.block_size,
             },
