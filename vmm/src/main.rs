@@ -1,1 +1,135 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use log::error;
+
+use vmm::config::{RawOptions, VmConfig};
+
+/// A KVM virtual machine monitor built for VM templating: clones of one
+/// template share its RAM file, and setups that would break on such RAM are
+/// refused before the guest runs.
+#[derive(Parser)]
+#[command(name = "vmm", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a VM (or, with --dry-run, only validate its configuration).
+    Run(RunArgs),
+    /// Report whether this host can run stock Linux guests, and why not.
+    ///
+    /// Exit status 0 when it can, 1 when it cannot.
+    HostCheck,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Guest kernel: a bzImage (e.g. /boot/vmlinuz-*) or an ELF vmlinux (booted through PVH).
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cpus: u8,
+    /// Guest RAM: size=SIZE[,backing=anon|memfd|file][,path=P][,share=on|off][,readonly=on|off][,rom=on|off|auto][,hugepages=on|off]
+    ///
+    /// size: RAM size (K, M, G, T suffixes; binary units).
+    /// backing: anon (private anonymous, default), memfd (share defaults to on), file (path= required; share defaults to off).
+    /// share=on: MAP_SHARED, guest writes reach the memfd/file (a template's RAM).
+    /// readonly=on: open the file read-only; with share=off,rom=off this is a template clone.
+    /// rom: on makes RAM read-only to the guest (refused); auto follows readonly.
+    /// hugepages=on: back RAM with huge pages (the host must have them reserved).
+    #[arg(long, value_name = "KEY=VALUE,...", verbatim_doc_comment)]
+    memory: String,
+    /// Raw disk image: path=P[,readonly=on][,id=ID]. Repeatable.
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    disk: Vec<String>,
+    /// NIC on a host TAP: tap=NAME[,mac=MAC][,id=ID]. Repeatable. Without mac= a random 52:54:00:xx:xx:xx is used.
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    net: Vec<String>,
+    /// Memory balloon: [free-page-reporting=on|off][,deflate-on-oom=on|off][,stats=on|off][,target=SIZE]
+    ///
+    /// target: guest memory size to aim for; below the RAM size the balloon inflates.
+    /// free-page-reporting and inflation discard guest RAM: refused on template clones.
+    #[arg(long, value_name = "KEY=VALUE,...", num_args = 0..=1, default_missing_value = "", verbatim_doc_comment)]
+    balloon: Option<String>,
+    /// virtio-mem device: size=S[,requested=R][,block-size=B][,backing=anon|memfd][,id=ID]. Repeatable.
+    ///
+    /// size: the most memory it can plug; requested: how much the guest should plug now;
+    /// block-size: plug granularity (power of two, at least 2M; default 2M);
+    /// backing: of its own region (anon or memfd; a private file is refused).
+    #[arg(
+        long = "virtio-mem",
+        value_name = "KEY=VALUE,...",
+        verbatim_doc_comment
+    )]
+    virtio_mem: Vec<String>,
+    /// Where COM1 goes: stdio, file=PATH or off.
+    #[arg(long, value_name = "stdio|file=P|off", default_value = "stdio")]
+    serial: String,
+    /// Validate everything (options, files, the RAM policy), print the resolved
+    /// configuration and exit. Starts nothing and needs no /dev/kvm.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let raw = RawOptions {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        cpus: args.cpus,
+        memory: args.memory,
+        disks: args.disk,
+        nets: args.net,
+        balloon: args.balloon,
+        virtio_mems: args.virtio_mem,
+        serial: args.serial,
+    };
+    let cfg = match VmConfig::parse(&raw).and_then(|c| c.validate().map(|()| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            // One line per problem, on stderr, without log decoration: users grep these.
+            for line in e.to_string().lines() {
+                eprintln!("vmm: {line}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    if args.dry_run {
+        print!("{}", cfg.describe());
+        println!("configuration valid");
+        return ExitCode::SUCCESS;
+    }
+    error!("starting vCPUs is not implemented in this version; use --dry-run to validate a configuration");
+    drop(cfg);
+    ExitCode::from(3)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+    match Cli::parse().command {
+        Command::Run(args) => run(args),
+        Command::HostCheck => {
+            let report = vmm::host_check::run();
+            print!("{}", report.text);
+            if report.can_boot_stock_kernel {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

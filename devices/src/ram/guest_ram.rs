@@ -425,3 +425,66 @@ fn check_hugepages(what: &str, spec: &BackingSpec, size: u64) -> Result<(), Gues
     }
     Ok(())
 }
+
+/// Checks a backing for `size` bytes without creating, growing or mapping
+/// anything: what `--dry-run` can promise about the files and the host.
+pub fn preflight(what: &str, spec: &BackingSpec, size: u64) -> Result<(), GuestRamError> {
+    spec.validate(what)?;
+    if spec.hugepages {
+        check_hugepages(what, spec, size)?;
+    }
+    let BackingKind::File(path) = &spec.kind else {
+        return Ok(());
+    };
+    let open_err = |e: io::Error, fix: &str| GuestRamError::Open {
+        what: what.into(),
+        backing: spec.to_string(),
+        path: path.display().to_string(),
+        fix: fix.into(),
+        source: e,
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !spec.readonly => {
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            return match parent.map(std::fs::metadata) {
+                Some(Err(e)) => Err(open_err(e, "create its directory first")),
+                _ => Ok(()),
+            };
+        }
+        Err(e) => {
+            return Err(open_err(
+                e,
+                "a template clone needs the template's RAM file; create the template first",
+            ))
+        }
+    };
+    if !meta.is_file() {
+        return Err(open_err(
+            io::Error::other("not a regular file"),
+            "give the path of a regular file",
+        ));
+    }
+    // Opening without O_CREAT or O_TRUNC changes nothing but proves the run can.
+    let mut o = OpenOptions::new();
+    o.read(true).write(!spec.readonly);
+    o.open(path)
+        .map_err(|e| open_err(e, "check the file's permissions"))?;
+    let len = meta.len();
+    if len < size && (spec.readonly || (!spec.share && len > 0)) {
+        return Err(GuestRamError::FileTooShort {
+            what: what.into(),
+            backing: spec.to_string(),
+            path: path.display().to_string(),
+            file_size: len,
+            needed: size,
+            fix: if spec.readonly {
+                "a clone's memory size must equal the template's; give the template's size".into()
+            } else {
+                "use the memory size the file was made for, or share=on to let the VMM grow it"
+                    .into()
+            },
+        });
+    }
+    Ok(())
+}
