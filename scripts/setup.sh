@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what building and testing the project needs on a bare Debian 12
+# machine with a Rust toolchain. Safe to run again.
+set -euo pipefail
+
+need_pkgs=()
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "setup: cargo not found; install a Rust toolchain (rustup) first" >&2
+    exit 1
+fi
+for c in clippy rustfmt; do
+    if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        rustup component add "$c"
+    fi
+done
+
+# TAP devices for the virtio-net tests.
+[ -e /dev/net/tun ] || modprobe tun 2>/dev/null || true
+echo "setup: ok"
