@@ -35,7 +35,7 @@ pub fn parse_size(s: &str) -> Result<u64, SizeError> {
 /// The shortest exact form: `512M`, `3G`, `4097`.
 pub fn format_size(n: u64) -> String {
     for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if n != 0 && n % (1u64 << shift) == 0 {
+        if n != 0 && n.is_multiple_of(1u64 << shift) {
             return format!("{}{unit}", n >> shift);
         }
     }

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start a VM (or, with --dry-run, only validate its configuration).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Report whether this host can run stock Linux guests, and why not.
     ///
     /// Exit status 0 when it can, 1 when it cannot.
@@ -121,7 +121,7 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     match Cli::parse().command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::HostCheck => {
             let report = vmm::host_check::run();
             print!("{}", report.text);

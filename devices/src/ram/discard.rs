@@ -48,7 +48,7 @@ impl GuestRam {
             .ok_or(DiscardError::OutOfRange { addr: addr.0, len })?;
         let backing = &region.backing;
         let gran = backing.discard_granularity();
-        if len == 0 || addr.0 % gran != 0 || len % gran != 0 {
+        if len == 0 || !addr.0.is_multiple_of(gran) || !len.is_multiple_of(gran) {
             return Err(DiscardError::Unaligned {
                 addr: addr.0,
                 len,
