@@ -1,0 +1,173 @@
+//! The raw image file behind a block device.
+//!
+//! Every access is positioned (`pread`/`pwrite`/`fallocate` at an offset),
+//! so the file offset is never shared state between requests.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+pub const SECTOR_SHIFT: u32 = 9;
+pub const SECTOR_SIZE: u64 = 1 << SECTOR_SHIFT;
+
+/// Largest zero-fill buffer; bounds host memory use when fallocate is unavailable.
+const ZERO_CHUNK: usize = 1 << 20;
+
+#[derive(Debug, Error)]
+pub enum BlockError {
+    #[error("cannot open disk image {} {}: {source}; {hint}", .path.display(), if *.readonly { "read-only" } else { "read-write" })]
+    Open {
+        path: PathBuf,
+        readonly: bool,
+        hint: &'static str,
+        source: io::Error,
+    },
+    #[error("cannot read the size of disk image {}: {source}; check that the file is accessible", .path.display())]
+    Metadata { path: PathBuf, source: io::Error },
+    #[error("disk image {} is not a regular file; only raw image files are supported, so pass the path of an image file", .path.display())]
+    NotAFile { path: PathBuf },
+    #[error("disk image {} is {size} bytes, which is not a whole number of 512-byte sectors; resize it to a multiple of 512 (e.g. `truncate -s {rounded} {}`)", .path.display(), .path.display())]
+    UnalignedSize {
+        path: PathBuf,
+        size: u64,
+        rounded: u64,
+    },
+}
+
+/// An open image and its fixed size.
+pub struct Disk {
+    file: File,
+    capacity_sectors: u64,
+    readonly: bool,
+}
+
+impl Disk {
+    pub fn open(path: &Path, readonly: bool) -> Result<Self, BlockError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!readonly)
+            .open(path)
+            .map_err(|source| BlockError::Open {
+                path: path.to_path_buf(),
+                readonly,
+                hint: open_hint(&source, readonly),
+                source,
+            })?;
+        let meta = file.metadata().map_err(|source| BlockError::Metadata {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(BlockError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+        let size = meta.len();
+        if !size.is_multiple_of(SECTOR_SIZE) {
+            // A partial last sector could be neither read nor written as a
+            // whole sector, and the guest would see a truncated disk.
+            return Err(BlockError::UnalignedSize {
+                path: path.to_path_buf(),
+                size,
+                rounded: size.next_multiple_of(SECTOR_SIZE),
+            });
+        }
+        Ok(Disk {
+            file,
+            capacity_sectors: size >> SECTOR_SHIFT,
+            readonly,
+        })
+    }
+
+    pub fn capacity_sectors(&self) -> u64 {
+        self.capacity_sectors
+    }
+
+    pub fn readonly(&self) -> bool {
+        self.readonly
+    }
+
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    pub fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Deallocates `[offset, offset + len)`; the range reads back as zero.
+    pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.fallocate_or_zero(
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    }
+
+    /// Zeroes `[offset, offset + len)`, deallocating it when `unmap` allows.
+    pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        let mode = if unmap {
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+        } else {
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+        };
+        self.fallocate_or_zero(mode, offset, len)
+    }
+
+    /// Runs fallocate; where the filesystem lacks the mode, writes zeroes
+    /// instead, so a discarded range reads back as zero on every host and a
+    /// restored VM sees the same disk contents whatever filesystem holds it.
+    fn fallocate_or_zero(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        // SAFETY: fallocate only takes integers and an fd this struct owns; it touches no memory of ours.
+        let ret = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off, l) };
+        if ret == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => self.write_zeroes_slow(offset, len),
+            _ => Err(err),
+        }
+    }
+
+    fn write_zeroes_slow(&self, offset: u64, len: u64) -> io::Result<()> {
+        let zeroes = vec![0u8; usize::try_from(len).map_or(ZERO_CHUNK, |l| l.min(ZERO_CHUNK))];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(zeroes.len() as u64) as usize;
+            self.file.write_all_at(&zeroes[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+}
+
+fn open_hint(err: &io::Error, readonly: bool) -> &'static str {
+    if err.raw_os_error() == Some(libc::EROFS) {
+        return "it lies on a read-only filesystem: attach it with readonly=on";
+    }
+    match err.kind() {
+        io::ErrorKind::NotFound => {
+            "the file does not exist: fix the path, or create the image first (e.g. `truncate -s 1G PATH`)"
+        }
+        io::ErrorKind::PermissionDenied if !readonly => {
+            "this user may not write it: fix its permissions, or attach it with readonly=on"
+        }
+        io::ErrorKind::PermissionDenied => "this user may not read it: fix its permissions",
+        _ => "check that the path names an accessible raw image file",
+    }
+}
