@@ -2,7 +2,7 @@
 //! and memory code: what a clone sees, what it may change, what is refused.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use devices::ram::{DiscardError, RegionRole};
 use vm_memory::{Bytes, GuestAddress};
@@ -23,9 +23,9 @@ fn kernel(tag: &str) -> PathBuf {
     p
 }
 
-fn config(kernel: &PathBuf, memory: String, balloon: Option<&str>) -> VmConfig {
+fn config(kernel: &Path, memory: String, balloon: Option<&str>) -> VmConfig {
     VmConfig::parse(&RawOptions {
-        kernel: kernel.clone(),
+        kernel: kernel.to_path_buf(),
         cpus: 1,
         memory,
         balloon: balloon.map(str::to_string),
@@ -35,7 +35,7 @@ fn config(kernel: &PathBuf, memory: String, balloon: Option<&str>) -> VmConfig {
     .unwrap()
 }
 
-fn checksum(p: &PathBuf) -> u64 {
+fn checksum(p: &Path) -> u64 {
     fs::read(p)
         .unwrap()
         .iter()
