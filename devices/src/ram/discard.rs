@@ -39,8 +39,8 @@ pub enum DiscardError {
 
 impl GuestRam {
     /// Makes `[addr, addr + len)` read back as zero and gives its host memory
-    /// back: MADV_DONTNEED on private anonymous (and private memfd) RAM, a
-    /// punched hole in the fd for shared RAM. Refused on private file-backed
+    /// back: MADV_DONTNEED on private anonymous RAM, a punched hole in the fd
+    /// for shared RAM, both for a private memfd. Refused on private file-backed
     /// RAM, where the file would show through.
     pub fn discard(&self, addr: GuestAddress, len: u64) -> Result<(), DiscardError> {
         let region = self
@@ -71,9 +71,27 @@ impl GuestRam {
             source,
         };
         let spec = backing.spec();
-        if spec.share {
+        if !spec.share {
+            debug_assert!(!matches!(spec.kind, BackingKind::File(_)));
+            let host = self
+                .memory()
+                .get_host_address(addr)
+                .map_err(|e| io_err("host address lookup", io::Error::other(e.to_string())))?;
+            // SAFETY: the range lies inside one mapping owned by this GuestRam
+            // (checked above); MADV_DONTNEED only drops its pages.
+            let rc = unsafe { libc::madvise(host.cast(), len as usize, libc::MADV_DONTNEED) };
+            if rc != 0 {
+                return Err(io_err("madvise(MADV_DONTNEED)", io::Error::last_os_error()));
+            }
+        }
+        // Shared RAM lives in the fd; a private memfd's fd still holds the pages
+        // the guest read, and only this process maps it, so punching is safe.
+        if spec.share || matches!(spec.kind, BackingKind::Memfd) {
             let file = region.file.as_ref().ok_or_else(|| {
-                io_err("punch hole", io::Error::other("shared RAM without an fd"))
+                io_err(
+                    "punch hole",
+                    io::Error::other("fd-backed RAM without an fd"),
+                )
             })?;
             let offset = region.file_offset.unwrap_or(0) + (addr.0 - region.guest_base.0);
             // SAFETY: fallocate on a valid fd with in-range values; no memory is touched.
@@ -87,18 +105,6 @@ impl GuestRam {
             };
             if rc != 0 {
                 return Err(io_err("fallocate(PUNCH_HOLE)", io::Error::last_os_error()));
-            }
-        } else {
-            debug_assert!(!matches!(spec.kind, BackingKind::File(_)));
-            let host = self
-                .memory()
-                .get_host_address(addr)
-                .map_err(|e| io_err("host address lookup", io::Error::other(e.to_string())))?;
-            // SAFETY: the range lies inside one mapping owned by this GuestRam
-            // (checked above); MADV_DONTNEED only drops its pages.
-            let rc = unsafe { libc::madvise(host.cast(), len as usize, libc::MADV_DONTNEED) };
-            if rc != 0 {
-                return Err(io_err("madvise(MADV_DONTNEED)", io::Error::last_os_error()));
             }
         }
         debug!("discarded {:#x}+{len:#x} ({backing})", addr.0);

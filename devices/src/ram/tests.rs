@@ -111,8 +111,19 @@ fn memfd_private_is_not_shareable_but_discards() {
     ram.memory()
         .write_slice(&pattern(4096, 3), GuestAddress(0))
         .unwrap();
+    // Reading a private memfd mapping allocates pages in the memfd itself.
+    assert_eq!(read(&ram, 65536, 65536), vec![0; 65536]);
+    let fd = ram.regions()[0].file.as_ref().unwrap().clone();
+    let blocks = || std::os::unix::fs::MetadataExt::blocks(&fd.metadata().unwrap());
+    let before = blocks();
     ram.discard(GuestAddress(0), 4096).unwrap();
+    ram.discard(GuestAddress(65536), 65536).unwrap();
     assert_eq!(read(&ram, 0, 4096), vec![0; 4096]);
+    assert!(
+        before > 0 && blocks() < before,
+        "the memfd gave its pages back: {before} -> {}",
+        blocks()
+    );
 }
 
 #[test]
