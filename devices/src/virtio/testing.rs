@@ -1,11 +1,11 @@
 //! Driver-side helpers for tests: a split virtqueue the test fills as a
 //! guest driver would, in real guest memory, and an interrupt sink.
 
+use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::desc::split::{Descriptor as SplitDescriptor, VirtqUsedElem};
 use virtio_queue::desc::RawDescriptor;
-use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -43,9 +43,17 @@ impl Buf {
 }
 
 /// The driver's side of one split virtqueue living in guest memory.
+///
+/// The rings are laid out and accessed here directly (virtio 1.x, 2.7):
+/// `virtio_queue::mock::MockSplitQueue::create` zeroes the ring indices
+/// each time it is called and places the used ring inside the available
+/// ring (its `end()` counts elements, not bytes), so it cannot describe a
+/// queue that lives on across calls.
 pub struct DriverQueue {
     mem: GuestMemoryMmap,
-    base: GuestAddress,
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
     size: u16,
     next_desc: u16,
     seen_used: u16,
@@ -54,9 +62,15 @@ pub struct DriverQueue {
 impl DriverQueue {
     /// Lays the rings out at `base` (16-byte aligned) and zeroes them.
     pub fn new(mem: &GuestMemoryMmap, base: GuestAddress, size: u16) -> Self {
+        let n = u64::from(size);
+        let avail = GuestAddress(base.0 + 16 * n);
+        // flags, idx, ring, used_event; the used ring is 4-byte aligned.
+        let used = GuestAddress((avail.0 + 6 + 2 * n).next_multiple_of(4));
         let q = DriverQueue {
             mem: mem.clone(),
-            base,
+            desc: base,
+            avail,
+            used,
             size,
             next_desc: 0,
             seen_used: 0,
@@ -67,45 +81,46 @@ impl DriverQueue {
         q
     }
 
-    fn mock(&self) -> MockSplitQueue<'_, GuestMemoryMmap> {
-        MockSplitQueue::create(&self.mem, self.base, self.size)
-    }
-
     pub fn size(&self) -> u16 {
         self.size
     }
 
     /// First byte after the rings.
     pub fn end(&self) -> GuestAddress {
-        self.mock().end()
+        // flags, idx, ring, avail_event.
+        GuestAddress(self.used.0 + 6 + 8 * u64::from(self.size))
     }
 
     pub fn desc_table(&self) -> GuestAddress {
-        self.mock().desc_table_addr()
+        self.desc
     }
     pub fn avail_ring(&self) -> GuestAddress {
-        self.mock().avail_addr()
+        self.avail
     }
     pub fn used_ring(&self) -> GuestAddress {
-        self.mock().used_addr()
+        self.used
+    }
+
+    fn load_u16(&self, addr: u64) -> u16 {
+        u16::from_le(
+            self.mem
+                .read_obj(GuestAddress(addr))
+                .expect("ring field in guest memory"),
+        )
+    }
+
+    fn store_u16(&self, addr: u64, value: u16) {
+        self.mem
+            .write_obj(value.to_le(), GuestAddress(addr))
+            .expect("ring field in guest memory");
     }
 
     /// What a driver writes into the transport's queue registers.
     pub fn configure(&self, q: &mut Queue) {
-        let m = self.mock();
         q.set_size(self.size);
-        q.set_desc_table_address(
-            Some(m.desc_table_addr().0 as u32),
-            Some((m.desc_table_addr().0 >> 32) as u32),
-        );
-        q.set_avail_ring_address(
-            Some(m.avail_addr().0 as u32),
-            Some((m.avail_addr().0 >> 32) as u32),
-        );
-        q.set_used_ring_address(
-            Some(m.used_addr().0 as u32),
-            Some((m.used_addr().0 >> 32) as u32),
-        );
+        q.set_desc_table_address(Some(self.desc.0 as u32), Some((self.desc.0 >> 32) as u32));
+        q.set_avail_ring_address(Some(self.avail.0 as u32), Some((self.avail.0 >> 32) as u32));
+        q.set_used_ring_address(Some(self.used.0 as u32), Some((self.used.0 >> 32) as u32));
         q.set_ready(true);
     }
 
@@ -136,37 +151,32 @@ impl DriverQueue {
     /// Writes descriptors exactly as given (malformed chains included) and
     /// makes `head` available.
     pub fn add_raw_chain(&mut self, head: u16, table: &[(u16, RawDescriptor)]) -> u16 {
-        let m = self.mock();
         for (i, d) in table {
-            m.desc_table()
-                .store(*i, *d)
-                .expect("descriptor index in table");
+            assert!(*i < self.size, "descriptor index in table");
+            self.mem
+                .write_obj(*d, GuestAddress(self.desc.0 + 16 * u64::from(*i)))
+                .expect("descriptor table in guest memory");
         }
-        let avail_idx = m.avail().idx().load();
-        m.avail()
-            .ring()
-            .ref_at(usize::from(avail_idx % self.size))
-            .expect("ring slot")
-            .store(head);
-        m.avail().idx().store(avail_idx.wrapping_add(1));
+        let avail_idx = self.load_u16(self.avail.0 + 2);
+        let slot = self.avail.0 + 4 + 2 * u64::from(avail_idx % self.size);
+        self.store_u16(slot, head);
+        fence(Ordering::SeqCst);
+        self.store_u16(self.avail.0 + 2, avail_idx.wrapping_add(1));
         head
     }
 
     /// Used elements the device returned since the last call, in order.
     pub fn used(&mut self) -> Vec<VirtqUsedElem> {
-        let (seen, size) = (self.seen_used, self.size);
-        let m = self.mock();
-        let idx = m.used().idx().load();
+        let idx = self.load_u16(self.used.0 + 2);
         let mut out = Vec::new();
-        let mut at = seen;
+        let mut at = self.seen_used;
         while at != idx {
-            let e = m
-                .used()
-                .ring()
-                .ref_at(usize::from(at % size))
-                .expect("used slot")
-                .load();
-            out.push(e);
+            let slot = self.used.0 + 4 + 8 * u64::from(at % self.size);
+            out.push(
+                self.mem
+                    .read_obj(GuestAddress(slot))
+                    .expect("used slot in guest memory"),
+            );
             at = at.wrapping_add(1);
         }
         self.seen_used = at;
@@ -175,10 +185,7 @@ impl DriverQueue {
 
     /// Sets `used_event` (event-idx): the driver wants an interrupt once used idx passes it.
     pub fn set_used_event(&self, value: u16) {
-        let addr = self.avail_ring().0 + 4 + 2 * u64::from(self.size);
-        self.mem
-            .write_obj(value, GuestAddress(addr))
-            .expect("used_event in guest memory");
+        self.store_u16(self.avail.0 + 4 + 2 * u64::from(self.size), value);
     }
 }
 
