@@ -1,0 +1,258 @@
+//! Guest input that breaks the rules: the device survives, logs, completes
+//! what it can, acts on nothing it cannot trust, and keeps going.
+
+use super::*;
+use crate::ram::PAGE_SIZE;
+use crate::virtio::balloon::BalloonQueue;
+use crate::virtio::testing::{raw, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+use crate::virtio::InterruptKind;
+
+const PATTERN: u8 = 0x5a;
+/// Descriptors for hand-made chains, away from those `add_chain` uses first.
+const D0: u16 = QSIZE - 4;
+const D1: u16 = QSIZE - 3;
+
+/// A descriptor as (addr, len, flags, next).
+type Desc = (u64, u32, u16, u16);
+
+fn pfn_bytes(pfns: &[u32]) -> Vec<u8> {
+    pfns.iter().flat_map(|p| p.to_le_bytes()).collect()
+}
+
+/// A rig with pattern pages 300..304 and a PFN buffer naming them.
+fn rig_with_victims(backing: Backing) -> (Rig, Buf) {
+    let mut rig = Rig::new(&full_config(), backing);
+    for pfn in 300..304 {
+        rig.fill_page(pfn, PATTERN);
+    }
+    let buf = rig.buffer(&pfn_bytes(&[300, 301, 302, 303]));
+    (rig, buf)
+}
+
+fn victims_intact(rig: &Rig) -> bool {
+    (300..304).all(|p| rig.page_is(p, PATTERN))
+}
+
+/// Sends one hand-made chain on `queue` and checks the device completed it
+/// with length 0, counted it as malformed and touched nothing, then checks
+/// that a good inflation still works.
+fn expect_malformed(mut rig: Rig, queue: BalloonQueue, head: u16, table: &[(u16, Desc)]) {
+    let i = rig.q(queue);
+    let table: Vec<_> = table
+        .iter()
+        .map(|&(idx, (a, l, f, n))| (idx, raw(a, l, f, n)))
+        .collect();
+    let before = rig.dev.counters().malformed_chains;
+    rig.queues[usize::from(i)].add_raw_chain(head, &table);
+    rig.dev.queue_notify(i);
+    assert_eq!(rig.used_at(i), vec![(u32::from(head), 0)]);
+    assert_eq!(rig.irq.take(), vec![InterruptKind::Queue(i)]);
+    assert_eq!(rig.dev.counters().malformed_chains, before + 1);
+    assert!(
+        victims_intact(&rig),
+        "a malformed chain changed guest memory"
+    );
+    let c = rig.dev.counters();
+    assert_eq!(
+        (c.inflated_pages, c.deflated_pages, c.reported_bytes),
+        (0, 0, 0)
+    );
+
+    rig.fill_page(310, PATTERN);
+    assert_eq!(rig.inflate(&[310]).len(), 1);
+    assert!(rig.page_is(310, 0), "the device stopped working");
+}
+
+#[test]
+fn looping_chain() {
+    let (rig, buf) = rig_with_victims(Backing::Anonymous);
+    expect_malformed(
+        rig,
+        BalloonQueue::Inflate,
+        D0,
+        &[
+            (D0, (buf.addr, 8, VIRTQ_DESC_F_NEXT, D1)),
+            (D1, (buf.addr + 8, 8, VIRTQ_DESC_F_NEXT, D0)),
+        ],
+    );
+}
+
+#[test]
+fn next_index_outside_the_table() {
+    let (rig, buf) = rig_with_victims(Backing::Anonymous);
+    expect_malformed(
+        rig,
+        BalloonQueue::Inflate,
+        D0,
+        &[(D0, (buf.addr, 16, VIRTQ_DESC_F_NEXT, 200))],
+    );
+}
+
+#[test]
+fn buffer_outside_ram() {
+    let (rig, buf) = rig_with_victims(Backing::Anonymous);
+    expect_malformed(
+        rig,
+        BalloonQueue::Inflate,
+        D0,
+        &[
+            (D0, (buf.addr, 16, VIRTQ_DESC_F_NEXT, D1)),
+            (D1, (RAM_SIZE + PAGE_SIZE, 8, 0, 0)),
+        ],
+    );
+}
+
+#[test]
+fn buffer_crossing_the_end_of_ram() {
+    let (rig, _) = rig_with_victims(Backing::Anonymous);
+    rig.write(RAM_SIZE - 8, &pfn_bytes(&[300, 301]));
+    expect_malformed(
+        rig,
+        BalloonQueue::Deflate,
+        D0,
+        &[(D0, (RAM_SIZE - 8, 16, 0, 0))],
+    );
+}
+
+#[test]
+fn address_plus_length_overflows() {
+    let (rig, _) = rig_with_victims(Backing::Anonymous);
+    expect_malformed(
+        rig,
+        BalloonQueue::Inflate,
+        D0,
+        &[(D0, (u64::MAX - 3, 8, 0, 0))],
+    );
+}
+
+#[test]
+fn chain_longer_than_4_gib() {
+    let (rig, buf) = rig_with_victims(Backing::Anonymous);
+    expect_malformed(
+        rig,
+        BalloonQueue::Inflate,
+        D0,
+        &[
+            (D0, (buf.addr, 0x8000_0000, VIRTQ_DESC_F_NEXT, D1)),
+            (D1, (buf.addr, 0x8000_0000, 0, 0)),
+        ],
+    );
+}
+
+#[test]
+fn pfn_array_not_a_multiple_of_4() {
+    let (rig, buf) = rig_with_victims(Backing::Anonymous);
+    expect_malformed(rig, BalloonQueue::Inflate, D0, &[(D0, (buf.addr, 6, 0, 0))]);
+}
+
+#[test]
+fn pfn_array_too_large() {
+    let (rig, _) = rig_with_victims(Backing::Anonymous);
+    // 2 MiB of PFNs (zeroes: PFN 0 over and over), more than one chain may carry.
+    expect_malformed(
+        rig,
+        BalloonQueue::Inflate,
+        D0,
+        &[(D0, (page_addr(DATA_PFN) + (1 << 20), 2 << 20, 0, 0))],
+    );
+}
+
+#[test]
+fn device_writable_pfn_buffer() {
+    let (rig, buf) = rig_with_victims(Backing::Anonymous);
+    expect_malformed(
+        rig,
+        BalloonQueue::Inflate,
+        D0,
+        &[(D0, (buf.addr, 16, VIRTQ_DESC_F_WRITE, 0))],
+    );
+}
+
+#[test]
+fn malformed_report_discards_nothing() {
+    let (rig, _) = rig_with_victims(Backing::Anonymous);
+    let range = (page_addr(300), 4 * PAGE_SIZE as u32);
+    expect_malformed(
+        rig,
+        BalloonQueue::Reporting,
+        D0,
+        &[
+            (
+                D0,
+                (range.0, range.1, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, D1),
+            ),
+            (
+                D1,
+                (range.0, range.1, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, D0),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn malformed_stats_buffers_are_returned_and_the_held_one_kept() {
+    let (mut rig, _) = rig_with_victims(Backing::Anonymous);
+    assert!(rig.post_stats(&[(4, 44)]).is_empty());
+    let statsq = rig.q(BalloonQueue::Stats);
+    // Not a whole number of entries.
+    let odd = rig.buffer(&[1u8; 15]);
+    assert_eq!(rig.send(BalloonQueue::Stats, &[odd]), vec![(1, 0)]);
+    // Device-writable.
+    let w = rig.buffer(&stats_bytes(&[(4, 1)]));
+    assert_eq!(
+        rig.send(BalloonQueue::Stats, &[Buf::w(w.addr, w.len)]),
+        vec![(2, 0)]
+    );
+    // Larger than any stats buffer.
+    let big = Buf::r(page_addr(DATA_PFN), 4100);
+    assert_eq!(rig.send(BalloonQueue::Stats, &[big]), vec![(3, 0)]);
+    assert_eq!(rig.dev.counters().malformed_chains, 3);
+    assert_eq!(rig.dev.stats()[&4], 44, "statistics unchanged");
+    // Event-idx with used_event 0: only the first return interrupts.
+    assert_eq!(rig.irq.take(), vec![InterruptKind::Queue(statsq)]);
+    assert!(rig.dev.request_stats());
+    assert_eq!(rig.used(BalloonQueue::Stats), vec![(0, 0)]);
+}
+
+#[test]
+fn head_index_outside_the_queue() {
+    let (mut rig, buf) = rig_with_victims(Backing::Anonymous);
+    // The head cannot even be returned; the chain after it still is.
+    rig.queues[0].add_raw_chain(QSIZE + 10, &[]);
+    rig.queues[0].add_chain(&[buf]);
+    rig.dev.queue_notify(0);
+    assert_eq!(rig.used_at(0), vec![(0, 0)]);
+    assert_eq!(rig.dev.counters().malformed_chains, 1);
+    assert!((300..304).all(|p| rig.page_is(p, 0)));
+}
+
+#[test]
+fn corrupt_available_index_does_not_hang() {
+    let (mut rig, buf) = rig_with_victims(Backing::Anonymous);
+    rig.queues[0].add_chain(&[buf]);
+    let idx_addr = rig.queues[0].avail_ring().0 + 2;
+    rig.write(idx_addr, &1000u16.to_le_bytes());
+    rig.dev.queue_notify(0);
+    assert!(rig.used_at(0).is_empty());
+    assert!(victims_intact(&rig));
+    // The driver repairs its ring: work resumes.
+    rig.write(idx_addr, &1u16.to_le_bytes());
+    rig.dev.queue_notify(0);
+    assert_eq!(rig.used_at(0), vec![(0, 0)]);
+}
+
+#[test]
+fn refusals_do_not_stop_a_burst() {
+    // On refusing RAM, many chains in one notification are all completed.
+    let (mut rig, buf) = rig_with_victims(Backing::TemplateClone);
+    for _ in 0..5 {
+        rig.queues[0].add_chain(&[buf]);
+    }
+    rig.dev.queue_notify(0);
+    assert_eq!(rig.used_at(0).len(), 5);
+    assert_eq!(rig.irq.take(), vec![InterruptKind::Queue(0)]);
+    let c = rig.dev.counters();
+    assert_eq!(c.discard_refusals, 5);
+    assert_eq!(c.inflated_pages, 20);
+    assert!(victims_intact(&rig));
+}
