@@ -718,7 +718,7 @@ impl Balloon {
         let head = chain.head_index();
         let descs = driver_buffers(chain, mem, MAX_STATS_BYTES as u64)?;
         let total: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
-        if total % STAT_ENTRY_BYTES as u64 != 0 {
+        if !total.is_multiple_of(STAT_ENTRY_BYTES as u64) {
             return Err(ChainError::StatsLength { head, len: total });
         }
         let mut bytes = Vec::with_capacity(total as usize);
