@@ -98,6 +98,14 @@ impl GuestRam {
         self.regions.iter().find(|r| r.contains(addr, len))
     }
 
+    /// Each region's role and backing, as the policy check takes them.
+    pub fn backings(&self) -> Vec<(RegionRole, RamBacking)> {
+        self.regions
+            .iter()
+            .map(|r| (r.role.clone(), r.backing.clone()))
+            .collect()
+    }
+
     /// Total size of the regions with this role.
     pub fn size_of(&self, role: &RegionRole) -> u64 {
         self.regions

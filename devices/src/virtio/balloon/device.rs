@@ -157,6 +157,8 @@ pub enum BalloonError {
     NoBootRam,
     #[error("balloon target {} is {pages} pages below the {} of RAM, more than the {} pages a balloon can hold; give a larger target", format_size(*.target), format_size(*.ram), u32::MAX)]
     TargetTooLow { target: u64, ram: u64, pages: u64 },
+    #[error("{0}")]
+    Policy(#[from] crate::ram::PolicyError),
 }
 
 /// What the device did, for monitoring and for the saved state. A refused
@@ -401,6 +403,17 @@ impl Balloon {
     /// did not, the RAM layer still refuses discards it cannot honour.
     pub fn set_target(&mut self, target: u64) -> Result<(), BalloonError> {
         let pages = pages_for_target(self.ram_size, Some(target))?;
+        if pages > 0 {
+            // A control command must not inflate where the start-up policy would refuse to.
+            crate::ram::check(
+                &[super::inflation_requirement(format!(
+                    "target={}",
+                    format_size(target)
+                ))],
+                &self.common.ram.backings(),
+                crate::ram::policy::Operation::Run,
+            )?;
+        }
         info!(
             "balloon: target {} ({pages} pages in the balloon, the driver reports {})",
             format_size(target),

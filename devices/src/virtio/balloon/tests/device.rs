@@ -703,3 +703,27 @@ fn stats_buffer_primed_before_driver_ok_is_taken_at_activation() {
     );
     assert_eq!(irq.take(), vec![InterruptKind::Queue(2)]);
 }
+
+#[test]
+fn later_target_below_ram_is_refused_on_template_clone_ram() {
+    for backing in [Backing::TemplateClone, Backing::PrivateFile] {
+        let (ram, _file) = make_ram(backing);
+        let mut dev = Balloon::new(&full_config(), ram).unwrap();
+        let before = (dev.num_pages(), dev.common().config_generation);
+        let err = dev
+            .set_target(RAM_PAGES as u64 * PAGE_SIZE / 2)
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("balloon: target=") && msg.contains("leave target unset"),
+            "{msg}"
+        );
+        assert_eq!((dev.num_pages(), dev.common().config_generation), before);
+        // A target equal to the RAM size never inflates, so it is allowed.
+        dev.set_target(RAM_PAGES as u64 * PAGE_SIZE).unwrap();
+    }
+    let (ram, _file) = make_ram(Backing::Anonymous);
+    let mut dev = Balloon::new(&full_config(), ram).unwrap();
+    dev.set_target(RAM_PAGES as u64 * PAGE_SIZE / 2).unwrap();
+    assert_eq!(dev.num_pages(), RAM_PAGES / 2);
+}
