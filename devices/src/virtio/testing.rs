@@ -5,9 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use virtio_queue::desc::split::{Descriptor as SplitDescriptor, VirtqUsedElem};
 use virtio_queue::desc::RawDescriptor;
-use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{
     ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, STATUS_ACKNOWLEDGE, STATUS_DRIVER,
@@ -49,26 +48,36 @@ pub struct DriverQueue {
     size: u16,
     next_desc: u16,
     seen_used: u16,
+    // Ring addresses per virtio 1.x 2.7 (split virtqueue). Computed here,
+    // not by `MockSplitQueue`: its `create` zeroes the rings' idx fields on
+    // every call, and it places the used ring inside the avail ring.
+    avail: GuestAddress,
+    used: GuestAddress,
+    end: GuestAddress,
 }
 
 impl DriverQueue {
     /// Lays the rings out at `base` (16-byte aligned) and zeroes them.
     pub fn new(mem: &GuestMemoryMmap, base: GuestAddress, size: u16) -> Self {
+        let n = u64::from(size);
+        // flags, idx, ring[size], used_event / avail_event.
+        let avail = base.unchecked_add(16 * n);
+        let used = GuestAddress((avail.0 + 6 + 2 * n).next_multiple_of(4));
+        let end = used.unchecked_add(6 + 8 * n);
         let q = DriverQueue {
             mem: mem.clone(),
             base,
             size,
             next_desc: 0,
             seen_used: 0,
+            avail,
+            used,
+            end,
         };
         let len = (q.end().0 - base.0) as usize;
         mem.write_slice(&vec![0u8; len], base)
             .expect("driver queue lies in guest memory");
         q
-    }
-
-    fn mock(&self) -> MockSplitQueue<'_, GuestMemoryMmap> {
-        MockSplitQueue::create(&self.mem, self.base, self.size)
     }
 
     pub fn size(&self) -> u16 {
@@ -77,35 +86,25 @@ impl DriverQueue {
 
     /// First byte after the rings.
     pub fn end(&self) -> GuestAddress {
-        self.mock().end()
+        self.end
     }
 
     pub fn desc_table(&self) -> GuestAddress {
-        self.mock().desc_table_addr()
+        self.base
     }
     pub fn avail_ring(&self) -> GuestAddress {
-        self.mock().avail_addr()
+        self.avail
     }
     pub fn used_ring(&self) -> GuestAddress {
-        self.mock().used_addr()
+        self.used
     }
 
     /// What a driver writes into the transport's queue registers.
     pub fn configure(&self, q: &mut Queue) {
-        let m = self.mock();
         q.set_size(self.size);
-        q.set_desc_table_address(
-            Some(m.desc_table_addr().0 as u32),
-            Some((m.desc_table_addr().0 >> 32) as u32),
-        );
-        q.set_avail_ring_address(
-            Some(m.avail_addr().0 as u32),
-            Some((m.avail_addr().0 >> 32) as u32),
-        );
-        q.set_used_ring_address(
-            Some(m.used_addr().0 as u32),
-            Some((m.used_addr().0 >> 32) as u32),
-        );
+        q.set_desc_table_address(Some(self.base.0 as u32), Some((self.base.0 >> 32) as u32));
+        q.set_avail_ring_address(Some(self.avail.0 as u32), Some((self.avail.0 >> 32) as u32));
+        q.set_used_ring_address(Some(self.used.0 as u32), Some((self.used.0 >> 32) as u32));
         q.set_ready(true);
     }
 
@@ -136,37 +135,38 @@ impl DriverQueue {
     /// Writes descriptors exactly as given (malformed chains included) and
     /// makes `head` available.
     pub fn add_raw_chain(&mut self, head: u16, table: &[(u16, RawDescriptor)]) -> u16 {
-        let m = self.mock();
         for (i, d) in table {
-            m.desc_table()
-                .store(*i, *d)
-                .expect("descriptor index in table");
+            assert!(*i < self.size, "descriptor index in table");
+            self.mem
+                .write_obj(*d, self.base.unchecked_add(16 * u64::from(*i)))
+                .expect("descriptor table in guest memory");
         }
-        let avail_idx = m.avail().idx().load();
-        m.avail()
-            .ring()
-            .ref_at(usize::from(avail_idx % self.size))
-            .expect("ring slot")
-            .store(head);
-        m.avail().idx().store(avail_idx.wrapping_add(1));
+        let idx_addr = self.avail.unchecked_add(2);
+        let avail_idx = u16::from_le(self.mem.read_obj(idx_addr).expect("avail idx"));
+        let slot = self
+            .avail
+            .unchecked_add(4 + 2 * u64::from(avail_idx % self.size));
+        self.mem
+            .write_obj(head.to_le(), slot)
+            .expect("avail ring slot");
+        self.mem
+            .write_obj(avail_idx.wrapping_add(1).to_le(), idx_addr)
+            .expect("avail idx");
         head
     }
 
     /// Used elements the device returned since the last call, in order.
     pub fn used(&mut self) -> Vec<VirtqUsedElem> {
-        let (seen, size) = (self.seen_used, self.size);
-        let m = self.mock();
-        let idx = m.used().idx().load();
+        let idx = u16::from_le(
+            self.mem
+                .read_obj(self.used.unchecked_add(2))
+                .expect("used idx"),
+        );
         let mut out = Vec::new();
-        let mut at = seen;
+        let mut at = self.seen_used;
         while at != idx {
-            let e = m
-                .used()
-                .ring()
-                .ref_at(usize::from(at % size))
-                .expect("used slot")
-                .load();
-            out.push(e);
+            let slot = self.used.unchecked_add(4 + 8 * u64::from(at % self.size));
+            out.push(self.mem.read_obj(slot).expect("used slot"));
             at = at.wrapping_add(1);
         }
         self.seen_used = at;
