@@ -1,3 +1,18 @@
+//! virtio-net backed by a TAP interface.
+//!
+//! Packets keep their `virtio_net_hdr_v1` all the way between guest and
+//! TAP, so checksum and segmentation offloads are carried out by the host
+//! kernel rather than by the VMM.
+
 mod config;
+mod device;
+mod persist;
+pub mod tap;
 
 pub use config::*;
+pub use device::*;
+pub use persist::NetState;
+pub use tap::{Tap, TapError};
+
+#[cfg(test)]
+mod tests;

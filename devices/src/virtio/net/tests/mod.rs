@@ -1,0 +1,14 @@
+//! Tests against real TAP devices inside a private network namespace (see
+//! `netns`); they need root and fail rather than skip without it.
+
+mod frames;
+mod guest;
+mod netns;
+
+mod device;
+mod malformed;
+mod offload;
+mod persist;
+mod roundtrip;
+mod rx;
+mod tx;
