@@ -41,7 +41,9 @@ pub const TYPE_MEM: u32 = 24;
 /// A virtio device model. Every method must cope with any guest input: a
 /// bad request becomes an error status or a logged, skipped chain.
 pub trait VirtioDevice: Send {
-    fn device_type(&self) -> u32;
+    fn device_type(&self) -> u32 {
+        self.common().device_type
+    }
 
     fn common(&self) -> &VirtioCommon;
     fn common_mut(&mut self) -> &mut VirtioCommon;

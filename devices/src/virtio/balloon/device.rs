@@ -842,10 +842,6 @@ fn driver_buffers(
 }
 
 impl VirtioDevice for Balloon {
-    fn device_type(&self) -> u32 {
-        TYPE_BALLOON
-    }
-
     fn common(&self) -> &VirtioCommon {
         &self.common
     }

@@ -172,10 +172,6 @@ fn config_space(capacity_sectors: u64, readonly: bool) -> [u8; CONFIG_SPACE_SIZE
 }
 
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        TYPE_BLOCK
-    }
-
     fn common(&self) -> &VirtioCommon {
         &self.common
     }

@@ -707,10 +707,6 @@ fn read_request(mem: &GuestMemoryMmap, segs: &[Segment]) -> Result<Request, Stri
 }
 
 impl VirtioDevice for Mem {
-    fn device_type(&self) -> u32 {
-        TYPE_MEM
-    }
-
     fn common(&self) -> &VirtioCommon {
         &self.common
     }

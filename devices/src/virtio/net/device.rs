@@ -657,10 +657,6 @@ fn put_used(q: &mut Queue, mem: &GuestMemoryMmap, head: u16, len: u32, id: &str)
 }
 
 impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        TYPE_NET
-    }
-
     fn common(&self) -> &VirtioCommon {
         &self.common
     }
