@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""Builds the nested lab's initramfs images (newc cpio, written directly).
+
+L2: busybox-static, guest/l2-init as /init, lab-insmod, Debian's virtio
+    modules with their dependency table, and the L2 parts of the scenarios
+    (scenarios/NAME.l2.sh, at /lab/scenarios/NAME.sh).
+L1: busybox-static, guest/l1-init as /init, kvm/kvm-amd (+ tun, vhost_net)
+    with their dependencies, the scenarios (scenarios/NAME.sh), the L2 kernel
+    and initramfs under /lab/, qemu-system-x86_64 with its libraries and x86
+    firmware, and the project's own binaries (see project_binaries()).
+
+Needs tests/lab/setup to have run (it writes work/lab.env). Used by
+tests/lab/run; `python3 tests/lab/images.py` builds both images alone.
+"""
+
+import os
+import shlex
+import stat
+import struct
+import subprocess
+import sys
+
+LAB = os.path.dirname(os.path.abspath(__file__))
+WORK = os.path.join(LAB, "work")
+GUEST = os.path.join(LAB, "guest")
+SCENARIOS = os.path.join(LAB, "scenarios")
+REPO = os.path.dirname(os.path.dirname(LAB))
+
+# Modules L1 loads at boot: kvm_amd (with irqbypass, ccp, kvm). tun and
+# vhost_net are carried for network scenarios; load them with lab-insmod.
+L1_MODULES = ["kvm_amd", "tun", "vhost_net"]
+# Modules the L2 image carries; its /init loads those named by
+# lab.insmod=a,b on its command line (dependencies first).
+L2_MODULES = [
+    "virtio", "virtio_ring", "virtio_mmio", "virtio_pci", "virtio_blk",
+    "virtio_net", "virtio_balloon", "virtio_mem",
+]
+# Firmware QEMU may look for in L1, relative to the sysroot. microvm needs
+# only bios-microvm.bin (qboot); the rest is for -M pc / q35 and PCI NICs.
+QEMU_FIRMWARE = [
+    "usr/share/qemu/bios-microvm.bin",
+    "usr/share/qemu/qboot.rom",
+    "usr/share/qemu/linuxboot.bin",
+    "usr/share/qemu/linuxboot_dma.bin",
+    "usr/share/qemu/pvh.bin",
+    "usr/share/qemu/kvmvapic.bin",
+    "usr/share/qemu/multiboot.bin",
+    "usr/share/qemu/multiboot_dma.bin",
+    "usr/share/seabios/bios.bin",
+    "usr/share/seabios/bios-256k.bin",
+    "usr/share/seabios/vgabios-stdvga.bin",
+    "usr/lib/ipxe/qemu/efi-virtio.rom",
+]
+REQUIRED_FIRMWARE = {"usr/share/qemu/bios-microvm.bin"}
+
+
+def load_env():
+    """work/lab.env (shell assignments written by setup) as a dict."""
+    path = os.path.join(WORK, "lab.env")
+    if not os.path.exists(path):
+        sys.exit("lab: %s missing; run tests/lab/setup" % path)
+    env = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, value = line.split("=", 1)
+                env[key] = " ".join(shlex.split(value))
+    return env
+
+
+class Cpio:
+    """A newc ("070701") archive, written as entries are added."""
+
+    def __init__(self, path):
+        self.path = path
+        self.f = open(path + ".tmp", "wb")
+        self.ino = 1
+        self.names = set()
+
+    def _header(self, name, mode, size, rdev=(0, 0), nlink=1):
+        name_b = name.encode() + b"\0"
+        fields = [self.ino, mode, 0, 0, nlink, 0, size, 0, 0,
+                  rdev[0], rdev[1], len(name_b), 0]
+        self.ino += 1
+        hdr = b"070701" + b"".join(b"%08x" % v for v in fields) + name_b
+        self.f.write(hdr + b"\0" * (-len(hdr) % 4))
+
+    def _data(self, data):
+        self.f.write(data)
+        self.f.write(b"\0" * (-len(data) % 4))
+
+    def _parents(self, name):
+        parts = name.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            self.dir("/".join(parts[:i]))
+
+    def _claim(self, name):
+        name = name.strip("/")
+        if name in self.names:
+            return None
+        self._parents(name)
+        self.names.add(name)
+        return name
+
+    def dir(self, name, mode=0o755):
+        name = self._claim(name)
+        if name:
+            self._header(name, stat.S_IFDIR | mode, 0, nlink=2)
+
+    def data(self, name, data, mode=0o644):
+        name = self._claim(name)
+        if name:
+            self._header(name, stat.S_IFREG | mode, len(data))
+            self._data(data)
+
+    def file(self, name, src, mode=None):
+        """Adds host file src (symlinks followed) as name."""
+        with open(src, "rb") as f:
+            data = f.read()
+        if mode is None:
+            mode = 0o755 if os.stat(src).st_mode & 0o111 else 0o644
+        self.data(name, data, mode)
+
+    def symlink(self, name, target):
+        name = self._claim(name)
+        if name:
+            t = target.encode()
+            self._header(name, stat.S_IFLNK | 0o777, len(t))
+            self._data(t)
+
+    def chardev(self, name, major, minor, mode=0o600):
+        name = self._claim(name)
+        if name:
+            self._header(name, stat.S_IFCHR | mode, 0, rdev=(major, minor))
+
+    def close(self):
+        self._header("TRAILER!!!", 0, 0, nlink=1)
+        self.f.write(b"\0" * (-self.f.tell() % 512))
+        self.f.close()
+        os.replace(self.path + ".tmp", self.path)
+        return os.path.getsize(self.path)
+
+
+def modinfo_depends(path):
+    """The depends= field of a .ko's .modinfo section (what `modinfo -F
+    depends` prints), read from the ELF file."""
+    with open(path, "rb") as f:
+        d = f.read()
+    if d[:4] != b"\x7fELF" or d[4] != 2:
+        raise ValueError("%s: not a 64-bit ELF module" % path)
+    shoff, = struct.unpack_from("<Q", d, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", d, 0x3A)
+    secs = [struct.unpack_from("<IIQQQQIIQQ", d, shoff + i * shentsize)
+            for i in range(shnum)]
+    stroff = secs[shstrndx][4]
+    for sec in secs:
+        name = d[stroff + sec[0]:d.index(b"\0", stroff + sec[0])]
+        if name == b".modinfo":
+            for kv in d[sec[4]:sec[4] + sec[5]].split(b"\0"):
+                if kv.startswith(b"depends="):
+                    deps = kv[len(b"depends="):].decode()
+                    return [x.replace("-", "_") for x in deps.split(",") if x]
+            return []
+    raise ValueError("%s: no .modinfo section" % path)
+
+
+def add_modules(cpio, env, wanted):
+    """Adds the wanted modules and their dependencies under
+    /lib/modules/KVER/ and writes the table lab-insmod reads. Returns the
+    modules in a valid load order."""
+    moddir = env["LAB_MODULES"]
+    kver = env["LAB_KVER"]
+    index = {}
+    for root, _dirs, files in os.walk(os.path.join(moddir, "kernel")):
+        for fn in files:
+            if fn.endswith(".ko"):
+                index[fn[:-3].replace("-", "_")] = os.path.join(root, fn)
+    order, deps = [], {}
+
+    def visit(name, chain):
+        if name in deps:
+            return
+        if name in chain:
+            raise ValueError("module dependency loop: %s" % " -> ".join(chain))
+        if name not in index:
+            raise ValueError("module %s not in %s" % (name, moddir))
+        deps[name] = modinfo_depends(index[name])
+        for dep in deps[name]:
+            visit(dep, chain + [name])
+        order.append(name)
+
+    for name in wanted:
+        visit(name.replace("-", "_"), [])
+    table = []
+    for name in order:
+        rel = os.path.relpath(index[name], moddir)
+        dest = "lib/modules/%s/%s" % (kver, rel)
+        cpio.file(dest, index[name], 0o644)
+        table.append(" ".join([name, "/" + dest] + deps[name]))
+    cpio.data("etc/lab/modules", ("\n".join(table) + "\n").encode())
+    return order
+
+
+def add_busybox(cpio, env):
+    bb = os.path.join(env["LAB_SYSROOT"], "bin/busybox")
+    cpio.file("bin/busybox", bb, 0o755)
+    applets = subprocess.run([bb, "--list-full"], check=True,
+                             capture_output=True, text=True).stdout.split()
+    for path in applets:
+        if path != "bin/busybox":
+            cpio.symlink(path, "/bin/busybox")
+
+
+def add_base(cpio, init):
+    for d in ("dev", "proc", "sys", "tmp", "run", "root", "etc", "lab"):
+        cpio.dir(d)
+    cpio.chardev("dev/console", 5, 1)
+    cpio.chardev("dev/null", 1, 3, 0o666)
+    cpio.file("init", os.path.join(GUEST, init), 0o755)
+    cpio.file("bin/lab-insmod", os.path.join(GUEST, "lab-insmod"), 0o755)
+    cpio.data("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+    cpio.data("etc/group", b"root:x:0:\n")
+
+
+def in_root(root, path):
+    """Resolves path (absolute, inside root) following symlinks inside root."""
+    cur = os.path.join(root, path.lstrip("/"))
+    for _ in range(40):
+        if not os.path.islink(cur):
+            return cur
+        target = os.readlink(cur)
+        if target.startswith("/"):
+            cur = os.path.join(root, target.lstrip("/"))
+        else:
+            cur = os.path.normpath(os.path.join(os.path.dirname(cur), target))
+    raise ValueError("symlink loop at %s" % path)
+
+
+def add_executable(cpio, env, src, dest, added_libs):
+    """Adds an executable at dest and every shared library ldd finds for it
+    (the sysroot's libraries first, then the host's), at the paths the
+    dynamic loader searches."""
+    cpio.file(dest, src, 0o755)
+    sysroot = env["LAB_SYSROOT"].rstrip("/") + "/"
+    run_env = dict(os.environ, LD_LIBRARY_PATH=env["LAB_LD_LIBRARY_PATH"])
+    out = subprocess.run(["ldd", src], capture_output=True, text=True,
+                         env=run_env)
+    if out.returncode != 0:
+        if "not a dynamic executable" in out.stdout + out.stderr:
+            return
+        raise RuntimeError("ldd %s: %s" % (src, out.stderr.strip()))
+    for line in out.stdout.splitlines():
+        line = line.strip()
+        if "not found" in line:
+            raise RuntimeError("%s: library %s" % (src, line))
+        if "=>" in line:
+            path = line.split("=>", 1)[1].split("(")[0].strip()
+        else:
+            path = line.split("(")[0].strip()
+        if not path.startswith("/"):
+            continue  # linux-vdso.so.1
+        dest_lib = path[len(sysroot) - 1:] if path.startswith(sysroot) else path
+        if dest_lib not in added_libs:
+            added_libs.add(dest_lib)
+            cpio.file(dest_lib, os.path.realpath(path), 0o755)
+
+
+def scenario_names():
+    return sorted(fn[:-3] for fn in os.listdir(SCENARIOS)
+                  if fn.endswith(".sh") and not fn.endswith(".l2.sh"))
+
+
+def project_bin_dir():
+    """The project's binaries to carry into L1: every executable file at
+    the top of $LAB_BIN_DIR, by default the cargo release folder
+    (${CARGO_TARGET_DIR:-<repo>/target}/release). Build them first
+    (cargo build --release); missing folder = none carried."""
+    default = os.path.join(
+        os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target"),
+        "release")
+    return os.environ.get("LAB_BIN_DIR") or default
+
+
+def project_binaries():
+    d = project_bin_dir()
+    found = []
+    if os.path.isdir(d):
+        for fn in sorted(os.listdir(d)):
+            p = os.path.join(d, fn)
+            if (os.path.isfile(p) and os.access(p, os.X_OK)
+                    and not fn.endswith((".so", ".d", ".rlib"))):
+                found.append(p)
+    return found
+
+
+def build_l2(env, out):
+    cpio = Cpio(out)
+    add_base(cpio, "l2-init")
+    add_busybox(cpio, env)
+    add_modules(cpio, env, L2_MODULES)
+    for fn in sorted(os.listdir(SCENARIOS)):
+        if fn.endswith(".l2.sh"):
+            cpio.file("lab/scenarios/%s.sh" % fn[:-6],
+                      os.path.join(SCENARIOS, fn), 0o755)
+    return cpio.close()
+
+
+def build_l1(env, out, l2_image):
+    cpio = Cpio(out)
+    add_base(cpio, "l1-init")
+    add_busybox(cpio, env)
+    add_modules(cpio, env, L1_MODULES)
+    cpio.file("lab/lib.sh", os.path.join(GUEST, "lib.sh"), 0o644)
+    for name in scenario_names():
+        cpio.file("lab/scenarios/%s.sh" % name,
+                  os.path.join(SCENARIOS, name + ".sh"), 0o755)
+    cpio.file("lab/vmlinuz", env["LAB_VMLINUZ"], 0o644)
+    cpio.file("lab/l2.cpio", l2_image, 0o644)
+    libs = set()
+    sysroot = env["LAB_SYSROOT"]
+    add_executable(cpio, env, os.path.join(sysroot, "usr/bin/qemu-system-x86_64"),
+                   "usr/bin/qemu-system-x86_64", libs)
+    for fw in QEMU_FIRMWARE:
+        src = in_root(sysroot, fw)
+        if os.path.exists(src):
+            cpio.file(fw, src, 0o644)
+        elif fw in REQUIRED_FIRMWARE:
+            raise RuntimeError("QEMU firmware %s missing in %s" % (fw, sysroot))
+    carried = []
+    for path in project_binaries():
+        add_executable(cpio, env, path, "usr/local/bin/" + os.path.basename(path), libs)
+        carried.append(os.path.basename(path))
+    info = "kernel=%s\nqemu=%s\nproject_binaries=%s\n" % (
+        env["LAB_KVER"], env["LAB_QEMU_VERSION"], " ".join(carried))
+    cpio.data("etc/lab/info", info.encode())
+    return cpio.close(), carried
+
+
+def build_all(env):
+    images = os.path.join(WORK, "images")
+    os.makedirs(images, exist_ok=True)
+    l2 = os.path.join(images, "l2.cpio")
+    l1 = os.path.join(images, "l1.cpio")
+    l2_size = build_l2(env, l2)
+    l1_size, carried = build_l1(env, l1, l2)
+    return {"l1": l1, "l2": l2, "l1_size": l1_size, "l2_size": l2_size,
+            "carried": carried}
+
+
+if __name__ == "__main__":
+    r = build_all(load_env())
+    print("L2 %s: %.1f MB" % (r["l2"], r["l2_size"] / 1e6))
+    print("L1 %s: %.1f MB (project binaries: %s)" % (
+        r["l1"], r["l1_size"] / 1e6, " ".join(r["carried"]) or "none"))

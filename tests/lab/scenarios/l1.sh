@@ -1,0 +1,8 @@
+# lab-timeout: 120
+# L1 boots under TCG, kvm_amd loads, /dev/kvm is there.
+[ -c /dev/kvm ] || lab_fail "no /dev/kvm in L1"
+[ -d /sys/module/kvm_amd ] || lab_fail "kvm_amd not loaded"
+lab_pass "/dev/kvm $(ls -l /dev/kvm | awk '{print $5 $6}')," \
+    "kvm_amd nested=$(cat /sys/module/kvm_amd/parameters/nested 2>/dev/null)," \
+    "$(grep -c ^processor /proc/cpuinfo) CPU(s) with svm: $(grep -c -w svm /proc/cpuinfo)," \
+    "kernel $(uname -r), L1 up $(lab_uptime) s"
