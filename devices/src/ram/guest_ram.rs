@@ -305,20 +305,13 @@ fn open_file(
     path: &Path,
     size: u64,
 ) -> Result<File, GuestRamError> {
-    let open_err = |e: io::Error, fix: &str| GuestRamError::Open {
-        what: what.into(),
-        backing: spec.to_string(),
-        path: path.display().to_string(),
-        fix: fix.into(),
-        source: e,
-    };
+    let open_err = |e: io::Error, fix: &str| open_error(what, spec, path, e, fix);
     if path.is_dir() {
         return Err(open_err(
             io::Error::other("it is a directory"),
             "give the path of a file (it is created if missing, unless readonly=on)",
         ));
     }
-    let existed = path.exists();
     let file = if spec.readonly {
         // O_RDONLY is what guarantees the template file is never modified.
         OpenOptions::new().read(true).open(path).map_err(|e| {
@@ -354,24 +347,8 @@ fn open_file(
     }
     let len = meta.len();
     if len < size {
-        let short = |fix: &str| GuestRamError::FileTooShort {
-            what: what.into(),
-            backing: spec.to_string(),
-            path: path.display().to_string(),
-            file_size: len,
-            needed: size,
-            fix: fix.into(),
-        };
-        if spec.readonly {
-            return Err(short(
-                "a clone's memory size must equal the template's; give the template's size",
-            ));
-        }
-        if !spec.share && existed && len > 0 {
-            // Growing would change a file that a private mapping promises not to write.
-            return Err(short(
-                "use the memory size the file was made for, or share=on to let the VMM grow it",
-            ));
+        if let Some(e) = refuse_short_file(what, spec, path, len, size) {
+            return Err(e);
         }
         file.set_len(size).map_err(|e| GuestRamError::Io {
             what: what.into(),
@@ -379,7 +356,7 @@ fn open_file(
             op: format!("growing {} to {size} bytes", path.display()),
             source: e,
         })?;
-        if existed && len > 0 {
+        if len > 0 {
             info!("{what}: grew {} from {len} to {size} bytes", path.display());
         }
     } else if len > size {
@@ -389,6 +366,50 @@ fn open_file(
         );
     }
     Ok(file)
+}
+
+fn open_error(
+    what: &str,
+    spec: &BackingSpec,
+    path: &Path,
+    source: io::Error,
+    fix: &str,
+) -> GuestRamError {
+    GuestRamError::Open {
+        what: what.into(),
+        backing: spec.to_string(),
+        path: path.display().to_string(),
+        fix: fix.into(),
+        source,
+    }
+}
+
+/// A file of `len` bytes is too short for `size` bytes of RAM and may not
+/// be grown: it is read-only, or growing it would change a file that a
+/// private mapping promises not to write. An empty or new file is grown.
+fn refuse_short_file(
+    what: &str,
+    spec: &BackingSpec,
+    path: &Path,
+    len: u64,
+    size: u64,
+) -> Option<GuestRamError> {
+    if len >= size || !(spec.readonly || (!spec.share && len > 0)) {
+        return None;
+    }
+    let fix = if spec.readonly {
+        "a clone's memory size must equal the template's; give the template's size"
+    } else {
+        "use the memory size the file was made for, or share=on to let the VMM grow it"
+    };
+    Some(GuestRamError::FileTooShort {
+        what: what.into(),
+        backing: spec.to_string(),
+        path: path.display().to_string(),
+        file_size: len,
+        needed: size,
+        fix: fix.into(),
+    })
 }
 
 fn is_hugetlbfs(file: &File) -> bool {
@@ -411,7 +432,9 @@ fn meminfo_value(key: &str) -> Option<u64> {
 
 /// The host's default huge page size, in bytes (2 MiB on x86-64).
 pub(super) fn huge_page_size() -> u64 {
-    meminfo_value("Hugepagesize:").map_or(2 << 20, |kb| kb * 1024)
+    // Fixed for the life of the host kernel, and asked on every discard.
+    static SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| meminfo_value("Hugepagesize:").map_or(2 << 20, |kb| kb * 1024))
 }
 
 fn check_hugepages(what: &str, spec: &BackingSpec, size: u64) -> Result<(), GuestRamError> {
@@ -444,13 +467,7 @@ pub fn preflight(what: &str, spec: &BackingSpec, size: u64) -> Result<(), GuestR
     let BackingKind::File(path) = &spec.kind else {
         return Ok(());
     };
-    let open_err = |e: io::Error, fix: &str| GuestRamError::Open {
-        what: what.into(),
-        backing: spec.to_string(),
-        path: path.display().to_string(),
-        fix: fix.into(),
-        source: e,
-    };
+    let open_err = |e: io::Error, fix: &str| open_error(what, spec, path, e, fix);
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound && !spec.readonly => {
@@ -478,21 +495,8 @@ pub fn preflight(what: &str, spec: &BackingSpec, size: u64) -> Result<(), GuestR
     o.read(true).write(!spec.readonly);
     o.open(path)
         .map_err(|e| open_err(e, "check the file's permissions"))?;
-    let len = meta.len();
-    if len < size && (spec.readonly || (!spec.share && len > 0)) {
-        return Err(GuestRamError::FileTooShort {
-            what: what.into(),
-            backing: spec.to_string(),
-            path: path.display().to_string(),
-            file_size: len,
-            needed: size,
-            fix: if spec.readonly {
-                "a clone's memory size must equal the template's; give the template's size".into()
-            } else {
-                "use the memory size the file was made for, or share=on to let the VMM grow it"
-                    .into()
-            },
-        });
+    if let Some(e) = refuse_short_file(what, spec, path, meta.len(), size) {
+        return Err(e);
     }
     Ok(())
 }
