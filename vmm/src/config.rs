@@ -579,7 +579,8 @@ fn onoff(b: bool) -> &'static str {
     }
 }
 
-fn check_readable(option: &str, path: &Path) -> Result<u64, ConfigError> {
+/// The file is a regular file this process can read; returns it open, with its size.
+fn check_readable(option: &str, path: &Path) -> Result<(File, u64), ConfigError> {
     let err = |reason: String| ConfigError::File {
         option: option.into(),
         path: path.display().to_string(),
@@ -589,17 +590,15 @@ fn check_readable(option: &str, path: &Path) -> Result<u64, ConfigError> {
     if !meta.is_file() {
         return Err(err("not a regular file".into()));
     }
-    File::open(path).map_err(|e| err(format!("cannot be opened for reading: {e}")))?;
-    Ok(meta.len())
+    let file = File::open(path).map_err(|e| err(format!("cannot be opened for reading: {e}")))?;
+    Ok((file, meta.len()))
 }
 
 /// A bzImage has "HdrS" at 0x202; an ELF vmlinux starts with "\x7fELF".
 fn check_kernel(path: &Path) -> Result<(), ConfigError> {
-    check_readable("--kernel", path)?;
+    let (mut file, _) = check_readable("--kernel", path)?;
     let mut head = [0u8; 0x206];
-    let n = File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .unwrap_or(0);
+    let n = file.read(&mut head).unwrap_or(0);
     let elf = n >= 4 && head[..4] == *b"\x7fELF";
     let bzimage = n >= 0x206 && head[0x202..0x206] == *b"HdrS";
     if !elf && !bzimage {
@@ -616,7 +615,7 @@ fn check_kernel(path: &Path) -> Result<(), ConfigError> {
 
 fn check_disk(d: &BlockConfig) -> Result<(), ConfigError> {
     let option = format!("--disk id={}", d.id);
-    let len = check_readable(&option, &d.path)?;
+    let (_, len) = check_readable(&option, &d.path)?;
     if len % 512 != 0 {
         return Err(ConfigError::File {
             option,
