@@ -14,6 +14,45 @@ pub const MMIO_HOLE_END: u64 = 1 << 32;
 pub const MIN_RAM: u64 = 16 << 20;
 pub const MAX_RAM: u64 = 1 << 40;
 const VIRTIO_MEM_ALIGN: u64 = 1 << 30;
+
+/// ACPI tables, RSDP first: inside the BIOS area Linux scans for the RSDP
+/// (0xE0000-0xFFFFF), which the e820 map reports as reserved.
+pub const ACPI_START: u64 = 0x000E_0000;
+pub const ACPI_END: u64 = 0x0010_0000;
+
+/// virtio-mmio device windows, one page each, low in the MMIO hole (the
+/// IOAPIC is at 0xFEC0_0000 and the LAPIC at 0xFEE0_0000).
+pub const VIRTIO_MMIO_START: u64 = 0xD000_0000;
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+
+/// COM1 and its ISA interrupt.
+pub const COM1_PORT: u16 = 0x3f8;
+pub const COM1_IRQ: u32 = 4;
+/// First GSI for virtio-mmio devices; each device takes the next free one
+/// up to the IOAPIC's last pin.
+pub const VIRTIO_FIRST_IRQ: u32 = 5;
+pub const IOAPIC_LAST_IRQ: u32 = 23;
+pub const MAX_VIRTIO_DEVICES: usize = (IOAPIC_LAST_IRQ - VIRTIO_FIRST_IRQ + 1) as usize;
+
+/// ACPI hardware-reduced power management: the FADT's sleep control and
+/// sleep status registers and its reset register, one byte each.
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
+pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
+pub const ACPI_RESET_PORT: u16 = 0x602;
+/// Value written to the reset register to reboot.
+pub const ACPI_RESET_VALUE: u8 = 0x1;
+/// SLP_TYP of S5 (soft off) in the DSDT's \_S5 package: the guest writes
+/// `(S5_SLP_TYP << 2) | SLP_EN` to the sleep control register.
+pub const S5_SLP_TYP: u8 = 5;
+pub const SLP_EN: u8 = 1 << 5;
+
+/// The guest-physical window of the `index`th virtio-mmio device and its GSI.
+pub fn virtio_mmio_slot(index: usize) -> (u64, u32) {
+    (
+        VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE,
+        VIRTIO_FIRST_IRQ + index as u32,
+    )
+}
 /// Highest guest-physical address the layout hands out (46-bit address space).
 const MAX_GPA: u64 = 1 << 46;
 

@@ -1,0 +1,1 @@
+//! ACPI tables describing the platform to the guest.

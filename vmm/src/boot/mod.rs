@@ -1,0 +1,4 @@
+//! Everything the guest finds in memory at boot: the kernel, its boot
+//! parameters and the ACPI tables that describe the platform.
+
+pub mod acpi;

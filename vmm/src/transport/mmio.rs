@@ -1,0 +1,1 @@
+//! The virtio-mmio (version 2) transport.

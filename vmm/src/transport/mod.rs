@@ -1,0 +1,3 @@
+//! How the guest reaches devices: the virtio-mmio transport.
+
+pub mod mmio;
