@@ -6,6 +6,8 @@ set -euo pipefail
 need_pkgs=()
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
+# iasl: the ACPI table tests decode the generated tables with ACPICA.
+command -v iasl >/dev/null 2>&1 || need_pkgs+=(acpica-tools)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
