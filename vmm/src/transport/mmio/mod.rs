@@ -376,12 +376,13 @@ impl MmioTransport {
         let mut dev = lock(&self.device);
         if status == 0 {
             dev.reset();
-            drop(dev);
+            // Cleared under the device lock, so no interrupt of the old
+            // session can land after it.
+            self.interrupt.clear();
             self.device_features_sel = 0;
             self.driver_features_sel = 0;
             self.queue_sel = 0;
             self.shm_sel = 0;
-            self.interrupt.clear();
             return;
         }
         if dev.common_mut().set_status(status) {

@@ -512,6 +512,35 @@ fn queue_configuration_is_frozen_once_ready_or_live() {
     assert_eq!(rig.r32(QUEUE_READY_OFFSET), 1);
 }
 
+/// A queue the driver did not set up before DRIVER_OK stays unconfigured:
+/// without queue reset the configuration is fixed once the device is live.
+#[test]
+fn queue_left_unset_stays_unset_after_driver_ok() {
+    let mut rig = Rig::new();
+    assert_eq!(rig.negotiate(u64::MAX), FEATURES_STATUS);
+    rig.w32(STATUS_OFFSET, LIVE_STATUS);
+    assert_eq!(rig.r32(STATUS_OFFSET), LIVE_STATUS);
+    rig.w32(QUEUE_SEL_OFFSET, 0);
+    rig.w32(QUEUE_NUM_OFFSET, u32::from(QSIZE));
+    rig.w32(QUEUE_DESC_LOW_OFFSET, 0x1000);
+    rig.w32(QUEUE_DRIVER_LOW_OFFSET, 0x2000);
+    rig.w32(QUEUE_DEVICE_LOW_OFFSET, 0x3000);
+    rig.w32(QUEUE_READY_OFFSET, 1);
+    assert_eq!(rig.r32(QUEUE_READY_OFFSET), 0);
+    let dev = rig.block.lock().unwrap();
+    let q = &dev.common().queues[0];
+    assert_eq!(
+        (
+            q.size(),
+            q.desc_table(),
+            q.avail_ring(),
+            q.used_ring(),
+            q.ready()
+        ),
+        (256, 0, 0, 0, false)
+    );
+}
+
 #[test]
 fn status_zero_resets_device_and_transport() {
     let mut rig = Rig::new();
