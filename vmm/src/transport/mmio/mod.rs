@@ -376,8 +376,8 @@ impl MmioTransport {
         let mut dev = lock(&self.device);
         if status == 0 {
             dev.reset();
-            // Cleared under the device lock, so no interrupt of the old
-            // session can land after it.
+            // Cleared under the device lock, so no interrupt raised before
+            // the reset can survive it.
             self.interrupt.clear();
             self.device_features_sel = 0;
             self.driver_features_sel = 0;
