@@ -1,1 +1,0 @@
-//! The virtio-mmio (version 2) transport.

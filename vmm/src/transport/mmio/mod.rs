@@ -1,0 +1,412 @@
+//! The virtio-mmio (version 2) transport: the register window of virtio 1.2,
+//! 4.2.2, in front of one device model.
+//!
+//! Guest accesses arrive through [`MmioTransport::read`] and
+//! [`MmioTransport::write`] on vCPU threads. Queue notifications normally
+//! bypass the transport: the VMM registers [`MmioTransport::queue_evts`] as
+//! KVM ioeventfds at `window + NOTIFY_OFFSET`, and an event loop locks the
+//! device and calls `queue_notify`. A write that reaches QueueNotify anyway
+//! (no ioeventfd registered) is handled here.
+//!
+//! Nothing a guest writes may panic: every bad access is logged and ignored.
+
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use devices::virtio::{VirtioDevice, VirtioInterrupt, STATUS_DRIVER, STATUS_DRIVER_OK};
+use log::{error, warn};
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::interrupt::{MmioInterrupt, VIRTIO_MMIO_INT_ALL};
+use crate::layout::VIRTIO_MMIO_SIZE;
+
+#[cfg(test)]
+mod tests;
+
+/// "virt", little-endian.
+pub const MAGIC_VALUE: u32 = 0x7472_6976;
+/// virtio-mmio version 2: the virtio 1.x register layout (version 1 is legacy).
+pub const VERSION: u32 = 2;
+/// QEMU's vendor id ("QEMU"), so that a guest sees the same virtio-mmio
+/// identity here as under QEMU; no Linux driver matches on it.
+pub const VENDOR_ID: u32 = 0x554D_4551;
+
+pub const MAGIC_VALUE_OFFSET: u64 = 0x000;
+pub const VERSION_OFFSET: u64 = 0x004;
+pub const DEVICE_ID_OFFSET: u64 = 0x008;
+pub const VENDOR_ID_OFFSET: u64 = 0x00c;
+pub const DEVICE_FEATURES_OFFSET: u64 = 0x010;
+pub const DEVICE_FEATURES_SEL_OFFSET: u64 = 0x014;
+pub const DRIVER_FEATURES_OFFSET: u64 = 0x020;
+pub const DRIVER_FEATURES_SEL_OFFSET: u64 = 0x024;
+pub const QUEUE_SEL_OFFSET: u64 = 0x030;
+pub const QUEUE_NUM_MAX_OFFSET: u64 = 0x034;
+pub const QUEUE_NUM_OFFSET: u64 = 0x038;
+pub const QUEUE_READY_OFFSET: u64 = 0x044;
+/// QueueNotify: where the VMM puts each queue's ioeventfd (4 bytes, datamatch = queue index).
+pub const NOTIFY_OFFSET: u64 = 0x050;
+pub const INTERRUPT_STATUS_OFFSET: u64 = 0x060;
+pub const INTERRUPT_ACK_OFFSET: u64 = 0x064;
+pub const STATUS_OFFSET: u64 = 0x070;
+pub const QUEUE_DESC_LOW_OFFSET: u64 = 0x080;
+pub const QUEUE_DESC_HIGH_OFFSET: u64 = 0x084;
+pub const QUEUE_DRIVER_LOW_OFFSET: u64 = 0x090;
+pub const QUEUE_DRIVER_HIGH_OFFSET: u64 = 0x094;
+pub const QUEUE_DEVICE_LOW_OFFSET: u64 = 0x0a0;
+pub const QUEUE_DEVICE_HIGH_OFFSET: u64 = 0x0a4;
+pub const SHM_SEL_OFFSET: u64 = 0x0ac;
+pub const SHM_LEN_LOW_OFFSET: u64 = 0x0b0;
+pub const SHM_LEN_HIGH_OFFSET: u64 = 0x0b4;
+pub const SHM_BASE_LOW_OFFSET: u64 = 0x0b8;
+pub const SHM_BASE_HIGH_OFFSET: u64 = 0x0bc;
+pub const CONFIG_GENERATION_OFFSET: u64 = 0x0fc;
+/// Start of the device-specific configuration space, which runs to the end of the window.
+pub const CONFIG_SPACE_OFFSET: u64 = 0x100;
+
+/// One virtio device behind a virtio-mmio register window.
+pub struct MmioTransport {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    interrupt: Arc<MmioInterrupt>,
+    queue_evts: Vec<EventFd>,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    queue_sel: u32,
+    shm_sel: u32,
+}
+
+impl MmioTransport {
+    /// Wraps `device`, creates one EventFd per queue (for the VMM to register
+    /// as KVM ioeventfds at window base + [`NOTIFY_OFFSET`] with datamatch =
+    /// queue index, 4 bytes), and installs into the device an interrupt that
+    /// sets the InterruptStatus bit and writes `irq_evt` (the VMM registers it
+    /// as a KVM irqfd).
+    pub fn new(device: Arc<Mutex<dyn VirtioDevice>>, irq_evt: EventFd) -> io::Result<Self> {
+        let interrupt = Arc::new(MmioInterrupt::new(irq_evt));
+        let queue_evts = {
+            let mut dev = lock(&device);
+            let n = dev.common().queues.len();
+            let evts = (0..n)
+                .map(|_| EventFd::new(EFD_NONBLOCK))
+                .collect::<io::Result<Vec<_>>>()?;
+            dev.common_mut().interrupt = Some(interrupt.clone() as Arc<dyn VirtioInterrupt>);
+            evts
+        };
+        Ok(MmioTransport {
+            device,
+            interrupt,
+            queue_evts,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            queue_sel: 0,
+            shm_sel: 0,
+        })
+    }
+
+    pub fn device(&self) -> &Arc<Mutex<dyn VirtioDevice>> {
+        &self.device
+    }
+
+    /// One per queue, index = queue index.
+    pub fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    /// A guest read of `data.len()` bytes at `offset` within the window.
+    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if data.is_empty() {
+            return;
+        }
+        if !in_window(offset, data.len()) {
+            warn!(
+                "virtio-mmio: {}-byte read at {offset:#x} is outside the window; reads as zero",
+                data.len()
+            );
+            return;
+        }
+        if offset >= CONFIG_SPACE_OFFSET {
+            if !matches!(data.len(), 1 | 2 | 4 | 8) {
+                warn!(
+                    "virtio-mmio: {}-byte config-space read at {offset:#x}; reads as zero",
+                    data.len()
+                );
+                return;
+            }
+            lock(&self.device).read_config(offset - CONFIG_SPACE_OFFSET, data);
+            return;
+        }
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            warn!(
+                "virtio-mmio: {}-byte register read at {offset:#x}; registers are aligned 32-bit, reads as zero",
+                data.len()
+            );
+            return;
+        }
+        let value = self.read_register(offset);
+        data.copy_from_slice(&value.to_le_bytes());
+    }
+
+    /// A guest write of `data` at `offset` within the window.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if !in_window(offset, data.len()) {
+            warn!(
+                "virtio-mmio: {}-byte write at {offset:#x} is outside the window; ignored",
+                data.len()
+            );
+            return;
+        }
+        if offset >= CONFIG_SPACE_OFFSET {
+            if !matches!(data.len(), 1 | 2 | 4 | 8) {
+                warn!(
+                    "virtio-mmio: {}-byte config-space write at {offset:#x}; ignored",
+                    data.len()
+                );
+                return;
+            }
+            lock(&self.device).write_config(offset - CONFIG_SPACE_OFFSET, data);
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            warn!(
+                "virtio-mmio: {}-byte register write at {offset:#x}; registers are 32-bit, ignored",
+                data.len()
+            );
+            return;
+        };
+        if !offset.is_multiple_of(4) {
+            warn!("virtio-mmio: unaligned register write at {offset:#x}; ignored");
+            return;
+        }
+        self.write_register(offset, u32::from_le_bytes(bytes));
+    }
+
+    fn read_register(&self, offset: u64) -> u32 {
+        match offset {
+            MAGIC_VALUE_OFFSET => MAGIC_VALUE,
+            VERSION_OFFSET => VERSION,
+            DEVICE_ID_OFFSET => lock(&self.device).device_type(),
+            VENDOR_ID_OFFSET => VENDOR_ID,
+            DEVICE_FEATURES_OFFSET => lock(&self.device)
+                .common()
+                .features_page(self.device_features_sel),
+            QUEUE_NUM_MAX_OFFSET => self.with_queue(|q| q.map_or(0, |q| u32::from(q.max_size()))),
+            QUEUE_READY_OFFSET => self.with_queue(|q| q.map_or(0, |q| u32::from(q.ready()))),
+            INTERRUPT_STATUS_OFFSET => self.interrupt.status(),
+            STATUS_OFFSET => u32::from(lock(&self.device).common().status),
+            // No shared memory regions: a length of -1 says the selected one
+            // does not exist; the base of a missing region reads the same.
+            SHM_LEN_LOW_OFFSET | SHM_LEN_HIGH_OFFSET | SHM_BASE_LOW_OFFSET
+            | SHM_BASE_HIGH_OFFSET => u32::MAX,
+            CONFIG_GENERATION_OFFSET => lock(&self.device).common().config_generation,
+            DEVICE_FEATURES_SEL_OFFSET
+            | DRIVER_FEATURES_OFFSET
+            | DRIVER_FEATURES_SEL_OFFSET
+            | QUEUE_SEL_OFFSET
+            | QUEUE_NUM_OFFSET
+            | NOTIFY_OFFSET
+            | INTERRUPT_ACK_OFFSET
+            | QUEUE_DESC_LOW_OFFSET
+            | QUEUE_DESC_HIGH_OFFSET
+            | QUEUE_DRIVER_LOW_OFFSET
+            | QUEUE_DRIVER_HIGH_OFFSET
+            | QUEUE_DEVICE_LOW_OFFSET
+            | QUEUE_DEVICE_HIGH_OFFSET
+            | SHM_SEL_OFFSET => {
+                warn!("virtio-mmio: read of write-only register {offset:#x}; reads as zero");
+                0
+            }
+            _ => {
+                warn!("virtio-mmio: read of unknown register {offset:#x}; reads as zero");
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        match offset {
+            DEVICE_FEATURES_SEL_OFFSET => self.device_features_sel = value,
+            DRIVER_FEATURES_OFFSET => {
+                let mut dev = lock(&self.device);
+                let c = dev.common_mut();
+                // Features are negotiated after DRIVER (virtio 1.2, 3.1.1)
+                // and before FEATURES_OK, which ack_features_page enforces.
+                if c.status & STATUS_DRIVER == 0 {
+                    warn!(
+                        "virtio-mmio: driver features written before the DRIVER status bit; ignored"
+                    );
+                    return;
+                }
+                c.ack_features_page(self.driver_features_sel, value);
+            }
+            DRIVER_FEATURES_SEL_OFFSET => self.driver_features_sel = value,
+            QUEUE_SEL_OFFSET => self.queue_sel = value,
+            QUEUE_NUM_OFFSET => match u16::try_from(value) {
+                Ok(size) => self.configure_queue("QueueNum", |q| {
+                    if q.try_set_size(size).is_err() {
+                        warn!(
+                            "virtio-mmio: queue size {size} is not a power of two up to {}; ignored",
+                            q.max_size()
+                        );
+                    }
+                }),
+                Err(_) => warn!("virtio-mmio: queue size {value} is too large; ignored"),
+            },
+            QUEUE_READY_OFFSET => self.write_queue_ready(value),
+            NOTIFY_OFFSET => self.notify(value),
+            INTERRUPT_ACK_OFFSET => {
+                if value & !VIRTIO_MMIO_INT_ALL != 0 {
+                    warn!("virtio-mmio: InterruptACK {value:#x} has undefined bits; they are ignored");
+                }
+                self.interrupt.ack(value & VIRTIO_MMIO_INT_ALL);
+            }
+            STATUS_OFFSET => self.write_status(value),
+            QUEUE_DESC_LOW_OFFSET => {
+                self.configure_queue("QueueDescLow", |q| q.set_desc_table_address(Some(value), None))
+            }
+            QUEUE_DESC_HIGH_OFFSET => self.configure_queue("QueueDescHigh", |q| {
+                q.set_desc_table_address(None, Some(value))
+            }),
+            QUEUE_DRIVER_LOW_OFFSET => self.configure_queue("QueueDriverLow", |q| {
+                q.set_avail_ring_address(Some(value), None)
+            }),
+            QUEUE_DRIVER_HIGH_OFFSET => self.configure_queue("QueueDriverHigh", |q| {
+                q.set_avail_ring_address(None, Some(value))
+            }),
+            QUEUE_DEVICE_LOW_OFFSET => self.configure_queue("QueueDeviceLow", |q| {
+                q.set_used_ring_address(Some(value), None)
+            }),
+            QUEUE_DEVICE_HIGH_OFFSET => self.configure_queue("QueueDeviceHigh", |q| {
+                q.set_used_ring_address(None, Some(value))
+            }),
+            SHM_SEL_OFFSET => self.shm_sel = value,
+            MAGIC_VALUE_OFFSET
+            | VERSION_OFFSET
+            | DEVICE_ID_OFFSET
+            | VENDOR_ID_OFFSET
+            | DEVICE_FEATURES_OFFSET
+            | QUEUE_NUM_MAX_OFFSET
+            | INTERRUPT_STATUS_OFFSET
+            | SHM_LEN_LOW_OFFSET
+            | SHM_LEN_HIGH_OFFSET
+            | SHM_BASE_LOW_OFFSET
+            | SHM_BASE_HIGH_OFFSET
+            | CONFIG_GENERATION_OFFSET => {
+                warn!("virtio-mmio: write of {value:#x} to read-only register {offset:#x}; ignored")
+            }
+            _ => warn!("virtio-mmio: write of {value:#x} to unknown register {offset:#x}; ignored"),
+        }
+    }
+
+    /// Runs `f` on the selected queue, or on `None` when QueueSel names no queue.
+    fn with_queue<T>(&self, f: impl FnOnce(Option<&Queue>) -> T) -> T {
+        let dev = lock(&self.device);
+        let q = usize::try_from(self.queue_sel)
+            .ok()
+            .and_then(|i| dev.common().queues.get(i));
+        f(q)
+    }
+
+    /// Applies a queue-configuration write to the selected queue, unless the
+    /// driver may no longer change it: the queue is enabled or the device is
+    /// live (virtio 1.2, 4.2.3.2).
+    fn configure_queue(&mut self, register: &str, f: impl FnOnce(&mut Queue)) {
+        let sel = self.queue_sel;
+        let mut dev = lock(&self.device);
+        let c = dev.common_mut();
+        if c.status & STATUS_DRIVER_OK != 0 {
+            warn!("virtio-mmio: {register} written for queue {sel} after DRIVER_OK; ignored");
+            return;
+        }
+        let Some(q) = usize::try_from(sel).ok().and_then(|i| c.queues.get_mut(i)) else {
+            warn!("virtio-mmio: {register} written for nonexistent queue {sel}; ignored");
+            return;
+        };
+        if q.ready() {
+            warn!("virtio-mmio: {register} written for queue {sel} while it is ready; ignored");
+            return;
+        }
+        f(q);
+    }
+
+    fn write_queue_ready(&mut self, value: u32) {
+        let sel = self.queue_sel;
+        let mut dev = lock(&self.device);
+        let c = dev.common_mut();
+        if c.status & STATUS_DRIVER_OK != 0 {
+            // Stopping or starting one queue of a live device is queue reset
+            // (VIRTIO_F_RING_RESET), which no device here offers.
+            warn!("virtio-mmio: QueueReady written for queue {sel} after DRIVER_OK; ignored");
+            return;
+        }
+        let Some(q) = usize::try_from(sel).ok().and_then(|i| c.queues.get_mut(i)) else {
+            warn!("virtio-mmio: QueueReady written for nonexistent queue {sel}; ignored");
+            return;
+        };
+        match value {
+            // Linux writes 0 when it gives a queue up, and reads it back.
+            0 => q.set_ready(false),
+            1 => q.set_ready(true),
+            _ => warn!(
+                "virtio-mmio: QueueReady {value:#x} for queue {sel} is neither 0 nor 1; ignored"
+            ),
+        }
+    }
+
+    /// QueueNotify reached the transport: no ioeventfd caught it.
+    fn notify(&mut self, value: u32) {
+        let mut dev = lock(&self.device);
+        let queues = dev.common().queues.len();
+        match u16::try_from(value) {
+            Ok(index) if usize::from(index) < queues => dev.queue_notify(index),
+            _ => warn!(
+                "virtio-mmio: QueueNotify {value:#x} names no queue (the device has {queues}); ignored"
+            ),
+        }
+    }
+
+    fn write_status(&mut self, value: u32) {
+        let Ok(status) = u8::try_from(value) else {
+            warn!("virtio-mmio: status {value:#x} has bits above the defined eight; ignored");
+            return;
+        };
+        let mut dev = lock(&self.device);
+        if status == 0 {
+            dev.reset();
+            // Cleared under the device lock, so no interrupt raised before
+            // the reset can survive it.
+            self.interrupt.clear();
+            self.device_features_sel = 0;
+            self.driver_features_sel = 0;
+            self.queue_sel = 0;
+            self.shm_sel = 0;
+            return;
+        }
+        if dev.common_mut().set_status(status) {
+            if let Err(e) = dev.activate() {
+                error!(
+                    "virtio-mmio: activating virtio device type {} failed: {e}; the driver must reset it",
+                    dev.device_type()
+                );
+                dev.common_mut().set_needs_reset();
+            }
+        }
+    }
+}
+
+/// Whether `len` bytes at `offset` lie inside the register window.
+fn in_window(offset: u64, len: usize) -> bool {
+    u64::try_from(len)
+        .ok()
+        .and_then(|len| offset.checked_add(len))
+        .is_some_and(|end| end <= VIRTIO_MMIO_SIZE)
+}
+
+/// Locks a device. A poisoned lock means a device method panicked on another
+/// thread; the guest still gets answers rather than a second panic here.
+fn lock(device: &Mutex<dyn VirtioDevice>) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
+    device.lock().unwrap_or_else(PoisonError::into_inner)
+}
