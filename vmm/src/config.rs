@@ -500,7 +500,25 @@ impl VmConfig {
             check_disk(d)?;
         }
         layout::check_fits(self).map_err(|r| invalid("--virtio-mem", r))?;
+        let n = self.virtio_device_count();
+        if n > layout::MAX_VIRTIO_DEVICES {
+            return Err(invalid(
+                "--disk/--net/--balloon/--virtio-mem",
+                format!(
+                    "{n} virtio devices asked, and the platform has interrupts for {}; use fewer devices",
+                    layout::MAX_VIRTIO_DEVICES
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// Devices on virtio-mmio, in the order their windows are assigned.
+    pub fn virtio_device_count(&self) -> usize {
+        self.disks.len()
+            + self.nets.len()
+            + usize::from(self.balloon.is_some())
+            + self.virtio_mems.len()
     }
 
     /// The resolved configuration, as `--dry-run` prints it.

@@ -1,9 +1,15 @@
 //! The `vmm` library: configuration, guest memory layout, host checks.
 
 pub mod boot;
+pub mod bus;
 pub mod config;
+pub mod event_loop;
+pub mod exit;
 pub mod host_check;
 pub mod kvlist;
 pub mod layout;
+pub mod machine;
 pub mod memory;
+pub mod platform;
 pub mod transport;
+pub mod vstate;

@@ -2,9 +2,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use log::error;
+use log::{error, info};
 
 use vmm::config::{RawOptions, VmConfig};
+use vmm::exit::VmExit;
 
 /// A KVM virtual machine monitor built for VM templating: clones of one
 /// template share its RAM file, and setups that would break on such RAM are
@@ -19,6 +20,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start a VM (or, with --dry-run, only validate its configuration).
+    ///
+    /// Exit status: 0 the guest powered off; 1 the VM could not start or
+    /// failed while running; 2 the configuration was refused (nothing
+    /// started); 3 the guest asked for a reboot (the VMM exits; a supervisor
+    /// starts it again).
+    #[command(verbatim_doc_comment)]
     Run(Box<RunArgs>),
     /// Report whether this host can run stock Linux guests, and why not.
     ///
@@ -110,9 +117,24 @@ fn run(args: RunArgs) -> ExitCode {
         println!("configuration valid");
         return ExitCode::SUCCESS;
     }
-    error!("starting vCPUs is not implemented in this version; use --dry-run to validate a configuration");
-    drop(cfg);
-    ExitCode::from(3)
+    match vmm::machine::run(&cfg) {
+        Ok(why) => {
+            match &why {
+                VmExit::PowerOff => info!("guest powered off"),
+                VmExit::Reboot => {
+                    info!("guest asked for a reboot; exiting so a supervisor can start it again")
+                }
+                VmExit::Failed(msg) => error!("the VM stopped: {msg}"),
+            }
+            ExitCode::from(why.status())
+        }
+        Err(e) => {
+            for line in e.to_string().lines() {
+                eprintln!("vmm: {line}");
+            }
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {

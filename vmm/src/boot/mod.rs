@@ -2,3 +2,4 @@
 //! parameters and the ACPI tables that describe the platform.
 
 pub mod acpi;
+pub mod loader;

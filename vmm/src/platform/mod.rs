@@ -1,0 +1,5 @@
+//! The legacy platform devices a PC guest expects: COM1, and the ports
+//! through which it powers off or resets.
+
+pub mod power;
+pub mod serial;

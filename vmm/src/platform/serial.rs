@@ -1,0 +1,127 @@
+//! COM1: a 16550A UART (vm-superio) whose interrupt is a KVM irqfd.
+
+use std::io::{self, Write};
+
+use log::warn;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::BusDevice;
+
+/// Raises the UART's interrupt through an irqfd.
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = io::Error;
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Where guest output goes. Output is flushed per line so that logs read
+/// by other processes see whole lines as they happen.
+pub type SerialOut = Box<dyn Write + Send>;
+
+pub struct SerialDevice {
+    uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, SerialOut>,
+}
+
+impl SerialDevice {
+    pub fn new(irq: EventFd, out: SerialOut) -> Self {
+        SerialDevice {
+            uart: Serial::new(IrqTrigger(irq), out),
+        }
+    }
+
+    /// Host input (stdin) for the guest; returns how many bytes the FIFO took.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        match self.uart.enqueue_raw_bytes(bytes) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!("COM1: input dropped: {e}");
+                0
+            }
+        }
+    }
+
+    pub fn flush(&mut self) {
+        let _ = self.uart.writer_mut().flush();
+    }
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if data.len() != 1 || offset > 7 {
+            data.fill(0xff);
+            return;
+        }
+        data[0] = self.uart.read(offset as u8);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.len() != 1 || offset > 7 {
+            return;
+        }
+        if let Err(e) = self.uart.write(offset as u8, data[0]) {
+            // Output the host cannot take (a closed pipe) must not stop the guest.
+            warn!("COM1: {e}");
+        }
+    }
+}
+
+/// A writer that flushes at every newline.
+pub struct LineFlush<W: Write>(pub W);
+
+impl<W: Write> Write for LineFlush<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.0.write(buf)?;
+        if buf[..n].contains(&b'\n') {
+            self.0.flush()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn guest_output_reaches_the_writer_and_input_raises_the_irq() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let sink = Sink::default();
+        let mut com1 = SerialDevice::new(irq.try_clone().unwrap(), Box::new(sink.clone()));
+        // IER: receive-data interrupt on.
+        com1.write(1, &[0x01]);
+        for b in b"hi\n" {
+            com1.write(0, &[*b]);
+        }
+        assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
+        assert_eq!(com1.enqueue_input(b"x"), 1);
+        assert!(irq.read().unwrap() >= 1);
+        let mut d = [0u8];
+        com1.read(0, &mut d);
+        assert_eq!(d, [b'x']);
+        // Wrong widths and offsets are ignored, not fatal.
+        let mut w = [0u8; 2];
+        com1.read(0, &mut w);
+        assert_eq!(w, [0xff, 0xff]);
+        com1.write(9, &[1]);
+    }
+}

@@ -1,0 +1,11 @@
+//! The KVM side of a VM: the VM file descriptor with its interrupt
+//! controllers, timers and memory slots, and the vCPUs.
+
+mod cpuid;
+mod regs;
+pub mod vcpu;
+pub mod vm;
+
+pub use regs::EntryMode;
+pub use vcpu::{BootEntry, Vcpu, VcpuError};
+pub use vm::{Vm, VmError};
