@@ -1,0 +1,135 @@
+//! The real `vmm` binary boots a tiny bzImage on this host's real KVM. The
+//! kernel's 64-bit entry code prints the command line it finds through the
+//! zero page to COM1, then powers off through the ACPI sleep control
+//! register; so the loader, the boot protocol, the vCPU setup, port I/O,
+//! COM1 and the power-off path all have to work for the test to pass.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("vmm-boot-{tag}-{}", std::process::id()));
+        fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// 64-bit code run at the kernel's entry (load address + 0x200), with RSI
+/// pointing at the zero page.
+const ENTRY_PRINT_CMDLINE_THEN_S5: &[u8] = &[
+    0x8b, 0x8e, 0x28, 0x02, 0x00, 0x00, // mov ecx, [rsi + 0x228]   ; hdr.cmd_line_ptr
+    0x66, 0xba, 0xf8, 0x03, //             mov dx, 0x3f8
+    0x8a, 0x01, //                         loop: mov al, [rcx]
+    0x84, 0xc0, //                         test al, al
+    0x74, 0x06, //                         jz done
+    0xee, //                               out dx, al
+    0x48, 0xff, 0xc1, //                   inc rcx
+    0xeb, 0xf4, //                         jmp loop
+    0xb0, 0x0a, //                         done: mov al, '\n'
+    0xee, //                               out dx, al
+    0x66, 0xba, 0x00, 0x06, //             mov dx, 0x600            ; ACPI sleep control
+    0xb0, 0x34, //                         mov al, (5 << 2) | SLP_EN
+    0xee, //                               out dx, al
+    0xf4, //                               hlt
+    0xeb, 0xfd, //                         jmp hlt
+];
+
+/// The same, but resets through the ACPI reset register instead.
+const ENTRY_RESET: &[u8] = &[
+    0x66, 0xba, 0x02, 0x06, // mov dx, 0x602
+    0xb0, 0x01, //             mov al, 1
+    0xee, //                   out dx, al
+    0xf4, //                   hlt
+    0xeb, 0xfd, //             jmp hlt
+];
+
+/// A bzImage of boot protocol 2.15: one setup sector, then the "protected
+/// mode kernel", whose first 0x200 bytes are the 32-bit entry (unused) and
+/// then the 64-bit entry.
+fn bzimage(entry64: &[u8]) -> Vec<u8> {
+    let mut k = vec![0u8; 1024 + 0x200 + entry64.len()];
+    k[0x1f1] = 1; // setup_sects
+    k[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    k[0x202..0x206].copy_from_slice(b"HdrS");
+    k[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    k[0x211] = 0x01; // loadflags: LOADED_HIGH
+    k[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    k[0x22c..0x230].copy_from_slice(&0x37ff_ffffu32.to_le_bytes()); // initrd_addr_max
+    k[0x236..0x238].copy_from_slice(&0x1u16.to_le_bytes()); // xloadflags: XLF_KERNEL_64
+    k[0x238..0x23c].copy_from_slice(&2048u32.to_le_bytes()); // cmdline_size
+    k[1024 + 0x200..].copy_from_slice(entry64);
+    k
+}
+
+fn run(dir: &Dir, entry: &[u8], extra: &[&str]) -> (Output, String) {
+    let kernel = dir.path("bzImage");
+    fs::write(&kernel, bzimage(entry)).unwrap();
+    let serial = dir.path("serial.log");
+    let out = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(["run", "--kernel", &kernel, "--memory", "size=64M"])
+        .arg(format!("--serial=file={serial}"))
+        .args(extra)
+        .output()
+        .expect("vmm runs");
+    let console = fs::read_to_string(&serial).unwrap_or_default();
+    (out, console)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn tiny_kernel_prints_its_command_line_and_powers_off() {
+    let dir = Dir::new("poweroff");
+    let cmdline = "console=ttyS0 marker=boot-protocol-ok";
+    let (out, console) = run(
+        &dir,
+        ENTRY_PRINT_CMDLINE_THEN_S5,
+        &["--cpus", "2", "--cmdline", cmdline],
+    );
+    assert_eq!(
+        console,
+        format!("{cmdline}\n"),
+        "COM1 output; vmm stderr:\n{}",
+        stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
+}
+
+#[test]
+fn acpi_reset_ends_the_vmm_with_the_reboot_status() {
+    let dir = Dir::new("reset");
+    let (out, _) = run(&dir, ENTRY_RESET, &[]);
+    assert_eq!(out.status.code(), Some(3), "stderr:\n{}", stderr(&out));
+    assert!(stderr(&out).contains("reboot"), "stderr:\n{}", stderr(&out));
+}
+
+#[test]
+fn an_initrd_too_big_for_ram_is_one_clear_error() {
+    let dir = Dir::new("initrd");
+    let initrd = dir.path("initrd");
+    let f = fs::File::create(&initrd).unwrap();
+    f.set_len(80 << 20).unwrap();
+    let (out, console) = run(&dir, ENTRY_RESET, &["--initrd", &initrd]);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("--initrd") && err.contains("does not fit") && err.contains("--memory"),
+        "stderr:\n{err}"
+    );
+    assert!(console.is_empty(), "the guest must not have run: {console}");
+}
