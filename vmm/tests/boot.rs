@@ -56,6 +56,63 @@ const ENTRY_RESET: &[u8] = &[
     0xeb, 0xfd, //             jmp hlt
 ];
 
+/// 32-bit code for the PVH entry, with EBX pointing at the start info.
+const PVH_ENTRY_PRINT_CMDLINE_THEN_S5: &[u8] = &[
+    0x8b, 0x4b, 0x18, //       mov ecx, [ebx + 0x18]   ; start_info.cmdline_paddr
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0x8a, 0x01, //             loop: mov al, [ecx]
+    0x84, 0xc0, //             test al, al
+    0x74, 0x04, //             jz done
+    0xee, //                   out dx, al
+    0x41, //                   inc ecx
+    0xeb, 0xf6, //             jmp loop
+    0xb0, 0x0a, //             done: mov al, '\n'
+    0xee, //                   out dx, al
+    0x66, 0xba, 0x00, 0x06, // mov dx, 0x600
+    0xb0, 0x34, //             mov al, (5 << 2) | SLP_EN
+    0xee, //                   out dx, al
+    0xf4, //                   hlt
+    0xeb, 0xfd, //             jmp hlt
+];
+
+/// An ELF vmlinux loaded at 1 MiB whose PT_NOTE carries the Xen
+/// PHYS32_ENTRY note that marks a PVH entry point.
+fn pvh_elf(code: &[u8]) -> Vec<u8> {
+    const LOAD: u64 = 0x10_0000;
+    let mut f = vec![0u8; 0x100];
+    f[..4].copy_from_slice(b"\x7fELF");
+    f[4] = 2; // 64-bit
+    f[5] = 1; // little endian
+    f[6] = 1;
+    f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f[18..20].copy_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    f[20..24].copy_from_slice(&1u32.to_le_bytes());
+    f[24..32].copy_from_slice(&LOAD.to_le_bytes()); // e_entry
+    f[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    f[52..54].copy_from_slice(&64u16.to_le_bytes());
+    f[54..56].copy_from_slice(&56u16.to_le_bytes());
+    f[56..58].copy_from_slice(&2u16.to_le_bytes()); // e_phnum
+    let phdr = |f: &mut Vec<u8>, at: usize, kind: u32, off: u64, addr: u64, size: u64| {
+        f[at..at + 4].copy_from_slice(&kind.to_le_bytes());
+        f[at + 8..at + 16].copy_from_slice(&off.to_le_bytes());
+        f[at + 16..at + 24].copy_from_slice(&addr.to_le_bytes());
+        f[at + 24..at + 32].copy_from_slice(&addr.to_le_bytes());
+        f[at + 32..at + 40].copy_from_slice(&size.to_le_bytes());
+        f[at + 40..at + 48].copy_from_slice(&size.to_le_bytes());
+    };
+    phdr(&mut f, 64, 1, 0x100, LOAD, code.len() as u64); // PT_LOAD
+    phdr(&mut f, 120, 4, 0xb0, 0, 20); // PT_NOTE
+    let note: Vec<u8> = [4u32, 4, 18]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .chain(*b"Xen\0")
+        .chain((LOAD as u32).to_le_bytes())
+        .collect();
+    f[0xb0..0xb0 + note.len()].copy_from_slice(&note);
+    f.extend_from_slice(code);
+    f
+}
+
 /// A bzImage of boot protocol 2.15: one setup sector, then the "protected
 /// mode kernel", whose first 0x200 bytes are the 32-bit entry (unused) and
 /// then the 64-bit entry.
@@ -75,8 +132,12 @@ fn bzimage(entry64: &[u8]) -> Vec<u8> {
 }
 
 fn run(dir: &Dir, entry: &[u8], extra: &[&str]) -> (Output, String) {
-    let kernel = dir.path("bzImage");
-    fs::write(&kernel, bzimage(entry)).unwrap();
+    run_image(dir, &bzimage(entry), extra)
+}
+
+fn run_image(dir: &Dir, image: &[u8], extra: &[&str]) -> (Output, String) {
+    let kernel = dir.path("kernel");
+    fs::write(&kernel, image).unwrap();
     let serial = dir.path("serial.log");
     let out = Command::new(env!("CARGO_BIN_EXE_vmm"))
         .args(["run", "--kernel", &kernel, "--memory", "size=64M"])
@@ -108,6 +169,35 @@ fn tiny_kernel_prints_its_command_line_and_powers_off() {
         stderr(&out)
     );
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
+}
+
+#[test]
+fn elf_kernel_boots_through_pvh() {
+    let dir = Dir::new("pvh");
+    let cmdline = "marker=pvh-start-info-ok";
+    let (out, console) = run_image(
+        &dir,
+        &pvh_elf(PVH_ENTRY_PRINT_CMDLINE_THEN_S5),
+        &["--cmdline", cmdline],
+    );
+    assert_eq!(
+        console,
+        format!("{cmdline}\n"),
+        "COM1 output; vmm stderr:\n{}",
+        stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
+}
+
+#[test]
+fn elf_kernel_without_pvh_note_is_refused() {
+    let dir = Dir::new("nopvh");
+    let mut image = pvh_elf(PVH_ENTRY_PRINT_CMDLINE_THEN_S5);
+    image[0xb8] = 17; // another Xen note type
+    let (out, console) = run_image(&dir, &image, &[]);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", stderr(&out));
+    assert!(stderr(&out).contains("PVH"), "stderr:\n{}", stderr(&out));
+    assert!(console.is_empty());
 }
 
 #[test]
