@@ -26,6 +26,7 @@ use crate::layout;
 use crate::memory::build_guest_ram;
 use crate::platform::power::{AcpiPower, I8042Reset};
 use crate::platform::serial::{LineFlush, SerialDevice, SerialOut};
+use crate::platform::terminal::RawStdin;
 use crate::transport::mmio::{MmioTransport, NOTIFY_OFFSET};
 use crate::vstate::{self, Vcpu, Vm};
 
@@ -150,6 +151,7 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, MachineError> {
     let mut mmio = Bus::new("MMIO");
     let mut events = EventLoop::new().map_err(host("creating the device epoll"))?;
 
+    let mut raw_stdin = None;
     let serial = match serial_out(&cfg.serial)? {
         Some(out) => {
             let irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
@@ -159,6 +161,7 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, MachineError> {
             pio.insert("COM1", com1.clone(), u64::from(layout::COM1_PORT), 8)?;
             if matches!(cfg.serial, SerialConfig::Stdio) {
                 events.add_stdin(com1.clone());
+                raw_stdin = RawStdin::enable();
             }
             Some(com1)
         }
@@ -267,6 +270,7 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, MachineError> {
     }
     // vCPU threads may still be inside KVM_RUN; the process exit ends them
     // together with the VM. Disk writes are already in the host page cache.
+    drop(raw_stdin);
     drop(vm);
     Ok(why)
 }
