@@ -140,6 +140,14 @@ fn serial_out(cfg: &SerialConfig) -> Result<Option<SerialOut>, MachineError> {
     })
 }
 
+/// Runs `f`; a panic in it ends the VM with an error instead of leaving
+/// the main thread waiting for an exit nobody will signal.
+fn guarded(what: &str, exit: &ExitSignal, f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        exit.signal(VmExit::Failed(format!("{what} panicked")));
+    }
+}
+
 /// Boots the VM described by `cfg` (already validated) and returns how it ended.
 pub fn run(cfg: &VmConfig) -> Result<VmExit, MachineError> {
     let ram = Arc::new(build_guest_ram(cfg)?);
@@ -245,7 +253,10 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, MachineError> {
     let loop_exit = exit.clone();
     thread::Builder::new()
         .name("devices".into())
-        .spawn(move || events.run(loop_exit, stop_loop))
+        .spawn(move || {
+            let e = loop_exit.clone();
+            guarded("the device thread", &e, move || events.run(loop_exit, stop_loop))
+        })
         .map_err(host("starting the device thread"))?;
 
     let pio = Arc::new(pio);
@@ -254,7 +265,10 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, MachineError> {
         let (pio, mmio, exit) = (pio.clone(), mmio.clone(), exit.clone());
         thread::Builder::new()
             .name("vcpu".into())
-            .spawn(move || vcpu.run(pio, mmio, exit))
+            .spawn(move || {
+                let e = exit.clone();
+                guarded("a vCPU thread", &e, move || vcpu.run(pio, mmio, exit))
+            })
             .map_err(host("starting a vCPU thread"))?;
     }
     info!(
