@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use devices::virtio::net::Net;
 use devices::virtio::VirtioDevice;
-use log::{debug, error, warn};
+use log::{debug, warn};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::lock;
-use crate::exit::ExitSignal;
+use crate::exit::{ExitSignal, VmExit};
 use crate::platform::serial::SerialDevice;
 
 enum Source {
@@ -97,7 +97,9 @@ impl EventLoop {
     /// Runs until `exit` is signalled (its eventfd `stop` becomes readable).
     pub fn run(mut self, exit: Arc<ExitSignal>, stop: EventFd) {
         if let Err(e) = self.add(stop.as_raw_fd(), EventSet::IN, Source::Stop(stop)) {
-            error!("device event loop cannot watch its stop event: {e}");
+            exit.signal(VmExit::Failed(format!(
+                "the device thread cannot watch its stop event: {e}"
+            )));
             return;
         }
         let mut events = vec![EpollEvent::default(); 64];
@@ -106,7 +108,10 @@ impl EventLoop {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    error!("device event loop: epoll_wait failed: {e}");
+                    // Without this loop no queue would ever be served again.
+                    exit.signal(VmExit::Failed(format!(
+                        "the device thread's epoll_wait failed: {e}"
+                    )));
                     return;
                 }
             };
