@@ -148,7 +148,7 @@ lab_l2_why() {
 }
 
 # lab_vmstat PID FIELD: a /proc/PID/status field in kB (VmRSS, VmHWM, ...).
-lab_vmstat() { sed -n "s/^$2: *\([0-9]*\) kB/\1/p" "/proc/$1/status" 2>/dev/null; }
+lab_vmstat() { sed -n "s/^$2:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$1/status" 2>/dev/null; }
 
 # lab_mib SIZE: a size with an optional K, M or G suffix, in MiB.
 lab_mib() {
@@ -184,6 +184,14 @@ lab_kv() { printf '%s\n' "$1" | tr , '\n' | sed -n "s/^$2=//p" | tail -n1; }
 lab_l2_cmd() {
     _cpus=2 _mem=256M _append="" _insmod="" _vm="" _extra="" _n=0
     LAB_L2_MONITOR="" LAB_L2_BALLOON_MIB=""
+    # QEMU 7.2's microvm has no device memory region: it takes virtio-mem
+    # on virtio-mmio, but the guest sees it at address 0 and its probe
+    # fails ("could not reserve device region"). So with virtio-mem, the
+    # QEMU peer is a pc machine with every device on PCI.
+    _qbus=device _machine=microvm,acpi=on,rtc=on
+    case " $* " in
+    *" --virtio-mem "*) _qbus=pci _machine=pc ;;
+    esac
     while [ $# -gt 0 ]; do
         [ $# -ge 2 ] || { echo "lab_l2: $1 needs a value" >&2; return 1; }
         _n=$((_n + 1))
@@ -197,7 +205,7 @@ lab_l2_cmd() {
                 _ro=""
                 [ "$(lab_kv "$2" readonly)" = on ] && _ro=",readonly=on"
                 _extra="$_extra -drive $(lab_q "if=none,id=disk$_n,format=raw,file=$(lab_kv "$2" path)$_ro")"
-                _extra="$_extra -device virtio-blk-device,drive=disk$_n"
+                _extra="$_extra -device virtio-blk-$_qbus,drive=disk$_n"
             else
                 _extra="$_extra --disk $(lab_q "$2")"
             fi ;;
@@ -205,13 +213,13 @@ lab_l2_cmd() {
             if [ "$LAB_VMM" = qemu ]; then
                 _mac=$(lab_kv "$2" mac)
                 _extra="$_extra -netdev $(lab_q "tap,id=net$_n,ifname=$(lab_kv "$2" tap),script=no,downscript=no")"
-                _extra="$_extra -device $(lab_q "virtio-net-device,netdev=net$_n${_mac:+,mac=$_mac}")"
+                _extra="$_extra -device $(lab_q "virtio-net-$_qbus,netdev=net$_n${_mac:+,mac=$_mac}")"
             else
                 _extra="$_extra --net $(lab_q "$2")"
             fi ;;
         --balloon)
             if [ "$LAB_VMM" = qemu ]; then
-                _dev=virtio-balloon-device
+                _dev=virtio-balloon-$_qbus
                 for _k in free-page-reporting deflate-on-oom; do
                     _v=$(lab_kv "$2" $_k)
                     [ -z "$_v" ] || _dev="$_dev,$_k=$_v"
@@ -231,7 +239,7 @@ lab_l2_cmd() {
                 _vm=$2
                 _size=$(lab_kv "$2" size)
                 _extra="$_extra -object memory-backend-ram,id=vmem$_n,size=$_size"
-                _extra="$_extra -device virtio-mem,memdev=vmem$_n,requested-size=$(lab_kv "$2" requested)"
+                _extra="$_extra -device virtio-mem-pci,memdev=vmem$_n,requested-size=$(lab_kv "$2" requested)"
             else
                 _extra="$_extra --virtio-mem $(lab_q "$2")"
             fi ;;
@@ -239,6 +247,8 @@ lab_l2_cmd() {
         esac
         shift 2
     done
+    # The guest finds PCI devices only once virtio_pci is loaded.
+    [ "$LAB_VMM.$_qbus" = qemu.pci ] && _insmod="${_insmod:+$_insmod,}virtio_pci"
     _cmdline="console=ttyS0 panic=-1 quiet lab.scenario=$LAB_SCENARIO${_insmod:+ lab.insmod=$_insmod}$_append"
     case $LAB_VMM in
     qemu)
@@ -246,7 +256,7 @@ lab_l2_cmd() {
         # virtio-mem's region lies in QEMU's device memory: one slot, and
         # maxmem as large as boot RAM plus the region.
         [ -z "$_vm" ] || _m="$_mem,slots=1,maxmem=$(($(lab_mib "$_mem") + $(lab_mib "$(lab_kv "$_vm" size)")))M"
-        LAB_L2_CMD="qemu-system-x86_64 -enable-kvm -cpu host -M microvm,acpi=on,rtc=on"
+        LAB_L2_CMD="qemu-system-x86_64 -enable-kvm -cpu host -M $_machine -nodefaults"
         LAB_L2_CMD="$LAB_L2_CMD -global virtio-mmio.force-legacy=false -smp $_cpus -m $_m"
         LAB_L2_CMD="$LAB_L2_CMD -display none -serial stdio -no-reboot"
         [ -n "$LAB_L2_MONITOR" ] || LAB_L2_CMD="$LAB_L2_CMD -monitor none"
@@ -269,3 +279,6 @@ lab_l2_booted_after() {
         echo never
     fi
 }
+
+# lab_l2_lines PATTERN: every line of the L2 log matching PATTERN, on one line.
+lab_l2_lines() { grep -E "$1" "$LAB_L2_LOG" 2>/dev/null | tr -d '\r' | tr '\n' ';' | sed 's/;$//; s/;/; /g'; }

@@ -16,7 +16,7 @@ lab_l2_line LAB-L2-BOOTED >/dev/null || lab_fail "L2 printed no LAB-L2-BOOTED: $
 b=$(lab_l2_line LAB-L2-BALLOON-BEFORE)
 i=$(lab_l2_line LAB-L2-BALLOON-INFLATED)
 d=$(lab_l2_line LAB-L2-BALLOON-DEFLATED)
-[ -n "$b" ] && [ -n "$i" ] && [ -n "$d" ] || lab_fail "L2 did not get through the balloon steps: $(lab_l2_line 'LAB-L2-BALLOON') $(lab_l2_why)"
+[ -n "$b" ] && [ -n "$i" ] && [ -n "$d" ] || lab_fail "L2 did not get through the balloon steps: $(lab_l2_lines 'LAB-L2-BALLOON') $(lab_l2_why)"
 num() { echo "$1" | sed -n "s/.* $2=\(-*[0-9]*\).*/\1/p"; }
 dropped=$(num "$i" dropped)
 da=$(num "$d" avail) ia=$(num "$i" avail)
@@ -25,7 +25,7 @@ back=$((${da:-0} - ${ia:-0}))
     lab_fail "MemAvailable fell by ${dropped:-?} kB, not the $BALLOON_KIB kB the target takes: $b; $i"
 [ "$back" -ge $((dropped * 9 / 10)) ] ||
     lab_fail "MemAvailable came back by $back kB only after rmmod virtio_balloon: $b; $i; $d"
-[ -n "${rss2:-}" ] || lab_fail "L1 could not sample the VMM's RSS (rss=${rss0:-?}/${rss1:-?}/${rss2:-?} kB): $(lab_l2_line 'LAB-L2-BALLOON-F') $(lab_l2_why)"
+[ -n "${rss2:-}" ] || lab_fail "L1 could not sample the VMM's RSS (rss=${rss0:-?}/${rss1:-?}/${rss2:-?} kB): $(lab_l2_lines 'LAB-L2-BALLOON-F') $(lab_l2_why)"
 fell=$((rss1 - rss2))
 [ "$fell" -ge $((BALLOON_FILL_MIB * 1024 / 2)) ] ||
     lab_fail "the VMM's RSS fell by $fell kB only after the guest freed $BALLOON_FILL_MIB MiB (VmRSS ${rss0} -> ${rss1} filled -> ${rss2} kB freed)"

@@ -16,7 +16,7 @@ lab_l2 /tmp/l2.log 120 --cpus 2 --mem 256M --insmod virtio_mmio,virtio_blk \
 lab_l2_line LAB-L2-BOOTED >/dev/null || lab_fail "L2 printed no LAB-L2-BOOTED: $(lab_l2_why)"
 wrote=$(lab_l2_line LAB-L2-BLOCK-RW)
 refused=$(lab_l2_line LAB-L2-BLOCK-RO)
-[ -n "$wrote" ] && [ -n "$refused" ] || lab_fail "L2 did not report both disks: $(lab_l2_line LAB-L2-BLOCK) $(lab_l2_why)"
+[ -n "$wrote" ] && [ -n "$refused" ] || lab_fail "L2 did not report both disks: $(lab_l2_lines LAB-L2-BLOCK) $(lab_l2_why)"
 [ "$LAB_L2_STATUS" = 0 ] || lab_fail "$(lab_l2_why)"
 
 guest=$(echo "$wrote" | sed -n 's/.* readback=\([0-9a-f]*\).*/\1/p')

@@ -19,7 +19,7 @@ else
 fi
 lab_l2_wait
 lab_l2_line LAB-L2-BOOTED >/dev/null || lab_fail "L2 printed no LAB-L2-BOOTED: $(lab_l2_why)"
-[ -n "$up" ] || lab_fail "L2 did not bring up its NIC: $(lab_l2_line 'LAB-L2-NET') $(lab_l2_why)"
+[ -n "$up" ] || lab_fail "L2 did not bring up its NIC: $(lab_l2_lines 'LAB-L2-NET') $(lab_l2_why)"
 out=$(lab_l2_line LAB-L2-NET-PING-L1)
 in=$(lab_l2_line LAB-L2-NET-PINGED)
 mac=$(echo "$up" | sed -n 's/.* mac=\([0-9a-f:]*\).*/\1/p')

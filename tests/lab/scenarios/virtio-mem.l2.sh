@@ -11,6 +11,11 @@ auto=$(cat $mem/auto_online_blocks)
 echo "LAB-L2-VMEM-BEFORE memtotal=$before auto_online_blocks=$auto block_size=0x$(cat $mem/block_size_bytes)"
 [ "$auto" = offline ] && echo online_movable >$mem/auto_online_blocks
 lab-insmod virtio_mem || { echo "LAB-L2-VMEM-FAILED insmod virtio_mem"; exit 1; }
+# The probe runs within insmod: no device bound means it failed.
+if ! ls /sys/bus/virtio/drivers/virtio_mem/ | grep -q '^virtio'; then
+    echo "LAB-L2-VMEM-FAILED no virtio-mem device bound: $(dmesg | grep -i virtio.mem | tail -n 3 | tr '\n' '|')"
+    exit 1
+fi
 i=0
 while [ $(($(total) - before)) -lt $((VMEM_REQUESTED_KIB * 95 / 100)) ] && [ $i -lt 300 ]; do
     for s in $mem/memory*/state; do

@@ -8,7 +8,7 @@ lab_l2 /tmp/l2.log 120 --cpus 2 --mem 256M --insmod virtio_mmio \
 lab_l2_line LAB-L2-BOOTED >/dev/null || lab_fail "L2 printed no LAB-L2-BOOTED: $(lab_l2_why)"
 b=$(lab_l2_line LAB-L2-VMEM-BEFORE)
 a=$(lab_l2_line LAB-L2-VMEM-AFTER)
-[ -n "$b" ] && [ -n "$a" ] || lab_fail "L2 did not report MemTotal before and after: $(lab_l2_line 'LAB-L2-VMEM') $(lab_l2_why)"
+[ -n "$b" ] && [ -n "$a" ] || lab_fail "L2 did not report MemTotal before and after: $(lab_l2_lines 'LAB-L2-VMEM') $(lab_l2_why)"
 rose=$(echo "$a" | sed -n 's/.* rose=\(-*[0-9]*\).*/\1/p')
 # The memmap of the new memory comes from the memory that was there, so
 # MemTotal may rise by a little less than the plug.
