@@ -3,9 +3,11 @@
 
 L2: busybox-static, guest/l2-init as /init, lab-insmod, Debian's virtio
     modules with their dependency table, and the L2 parts of the scenarios
-    (scenarios/NAME.l2.sh, at /lab/scenarios/NAME.sh).
+    (scenarios/NAME.l2.sh, at /lab/scenarios/NAME.sh) with what they share
+    with L1 (scenarios/NAME.common.sh, at the same path in both images).
 L1: busybox-static, guest/l1-init as /init, kvm/kvm-amd (+ tun, vhost_net)
-    with their dependencies, the scenarios (scenarios/NAME.sh), the L2 kernel
+    with their dependencies, the scenarios (scenarios/NAME.sh), the RAM
+    policy page (docs/policy.md, at /lab/policy.md), the L2 kernel
     and initramfs under /lab/, qemu-system-x86_64 with its libraries and x86
     firmware, and the project's own binaries (see project_binaries()).
 
@@ -267,8 +269,17 @@ def add_executable(cpio, env, src, dest, added_libs):
 
 
 def scenario_names():
+    """scenarios/NAME.sh; NAME.l2.sh and NAME.common.sh are parts of NAME."""
     return sorted(fn[:-3] for fn in os.listdir(SCENARIOS)
-                  if fn.endswith(".sh") and not fn.endswith(".l2.sh"))
+                  if fn.endswith(".sh") and "." not in fn[:-3])
+
+
+def add_common(cpio):
+    """scenarios/NAME.common.sh: definitions a scenario's L1 and L2 sides
+    both source (at /lab/scenarios/NAME.common.sh)."""
+    for fn in sorted(os.listdir(SCENARIOS)):
+        if fn.endswith(".common.sh"):
+            cpio.file("lab/scenarios/" + fn, os.path.join(SCENARIOS, fn), 0o644)
 
 
 def project_bin_dir():
@@ -303,6 +314,7 @@ def build_l2(env, out):
         if fn.endswith(".l2.sh"):
             cpio.file("lab/scenarios/%s.sh" % fn[:-6],
                       os.path.join(SCENARIOS, fn), 0o755)
+    add_common(cpio)
     return cpio.close()
 
 
@@ -312,9 +324,15 @@ def build_l1(env, out, l2_image):
     add_busybox(cpio, env)
     add_modules(cpio, env, L1_MODULES)
     cpio.file("lab/lib.sh", os.path.join(GUEST, "lib.sh"), 0o644)
+    # The policy scenario checks the vmm's refusals against this page.
+    cpio.file("lab/policy.md", os.path.join(REPO, "docs", "policy.md"), 0o644)
     for name in scenario_names():
         cpio.file("lab/scenarios/%s.sh" % name,
                   os.path.join(SCENARIOS, name + ".sh"), 0o755)
+    add_common(cpio)
+    # The boot benchmark's L1 side (tests/lab/bench): run as lab.scenario=bench,
+    # but not a scenario of tests/lab/run.
+    cpio.file("lab/scenarios/bench.sh", os.path.join(LAB, "bench.sh"), 0o755)
     cpio.file("lab/vmlinuz", env["LAB_VMLINUZ"], 0o644)
     cpio.file("lab/l2.cpio", l2_image, 0o644)
     libs = set()

@@ -8,6 +8,11 @@
 #   /usr/bin/qemu-system-x86_64 with its libraries and x86 firmware
 #   /usr/local/bin/     the project's binaries, when they were built
 #   lab-insmod NAME     loads a module of L1's and its dependencies
+#
+# LAB_VMM (from lab.vmm= on L1's command line, default vmm) picks the L2
+# VMM that lab_l2 runs: the project's vmm, or qemu as the peer that checks
+# the guest side of a scenario.
+LAB_VMM=${LAB_VMM:-vmm}
 
 lab_result() {
     echo "$1" >/tmp/lab-result
@@ -38,3 +43,242 @@ lab_run_l2() {
     LAB_L2_STATUS=$(cat "$_log.status" 2>/dev/null || echo 255)
     LAB_L2_SECONDS=$(lab_since "$_t0")
 }
+
+# lab_l2 LOG TIMEOUT OPTION...: boots an L2 guest from a description that
+# does not depend on the VMM, with LAB_VMM's VMM (see lab_l2_cmd), and
+# waits for it to exit. Its output goes to LOG and onto L1's console as with
+# lab_run_l2; sets LAB_L2_STATUS and LAB_L2_SECONDS the same way.
+lab_l2() {
+    lab_l2_start "$@" || return 1
+    lab_l2_wait
+}
+
+# lab_l2_start LOG TIMEOUT OPTION...: the same, in the background, for
+# scenarios that act from L1 while L2 runs. Sets LAB_L2_PID (the VMM
+# process itself, for /proc/PID/status), LAB_L2_LOG and LAB_L2_T0 (L1
+# uptime at the start). LOG.booted gets L1's uptime when LAB-L2-BOOTED
+# came out. End with lab_l2_wait.
+lab_l2_start() {
+    LAB_L2_LOG=$1
+    _timeout=$2
+    shift 2
+    lab_l2_cmd "$@" || return 1
+    rm -f "$LAB_L2_LOG".*
+    : >"$LAB_L2_LOG"
+    [ -z "$LAB_L2_MONITOR" ] || mkfifo "$LAB_L2_MONITOR.in" "$LAB_L2_MONITOR.out"
+    echo "LAB-LOG $LAB_SCENARIO: L2 by $LAB_VMM: $LAB_L2_CMD"
+    LAB_L2_T0=$(lab_uptime)
+    {
+        # exec, so that $! is the VMM and not a shell around it.
+        {
+            eval "exec $LAB_L2_CMD" </dev/null 2>&1 &
+            echo $! >"$LAB_L2_LOG.pid"
+            wait $!
+            echo $? >"$LAB_L2_LOG.status"
+        } | while IFS= read -r _line || [ -n "$_line" ]; do
+            case $_line in
+            *LAB-L2-BOOTED*) [ -e "$LAB_L2_LOG.booted" ] || lab_uptime >"$LAB_L2_LOG.booted" ;;
+            esac
+            printf '%s\n' "$_line" >>"$LAB_L2_LOG"
+            printf 'L2| %s\n' "$_line"
+        done
+        : >"$LAB_L2_LOG.done"
+    } &
+    while [ ! -s "$LAB_L2_LOG.pid" ]; do sleep 0.05; done
+    LAB_L2_PID=$(cat "$LAB_L2_LOG.pid")
+    # The watchdog checks the status file first: once the VMM is gone its
+    # pid may belong to another process.
+    (
+        sleep "$_timeout"
+        [ -e "$LAB_L2_LOG.status" ] && exit 0
+        echo "LAB-LOG $LAB_SCENARIO: L2 still running after $_timeout s: killing it"
+        kill "$LAB_L2_PID" 2>/dev/null
+        sleep 3
+        [ -e "$LAB_L2_LOG.status" ] || kill -9 "$LAB_L2_PID" 2>/dev/null
+    ) &
+    LAB_L2_WATCHDOG=$!
+    if [ -n "$LAB_L2_MONITOR" ]; then
+        # QEMU sets no balloon target from its command line: it takes it
+        # from its monitor, before the guest's driver reads it.
+        # In the background: opening the FIFO blocks until QEMU has it open,
+        # and forever if QEMU failed to start.
+        cat "$LAB_L2_MONITOR.out" >/dev/null &
+        echo "balloon $LAB_L2_BALLOON_MIB" >"$LAB_L2_MONITOR.in" &
+    fi
+    return 0
+}
+
+# lab_l2_wait: waits until the L2 VMM started by lab_l2_start has exited
+# and its output is all in the log; sets LAB_L2_STATUS and LAB_L2_SECONDS.
+lab_l2_wait() {
+    while [ ! -e "$LAB_L2_LOG.done" ]; do sleep 0.1; done
+    LAB_L2_STATUS=$(cat "$LAB_L2_LOG.status" 2>/dev/null || echo 255)
+    LAB_L2_SECONDS=$(lab_since "$LAB_L2_T0")
+    kill "$LAB_L2_WATCHDOG" 2>/dev/null
+    return 0
+}
+
+# lab_l2_until PATTERN SECONDS: waits until a line of the running L2's log
+# matches PATTERN (grep -E). Prints that line (without CR) and returns 0;
+# returns 1 when the VMM exited or SECONDS passed first.
+lab_l2_until() {
+    _t=$(lab_uptime)
+    while :; do
+        if grep -E -m1 "$1" "$LAB_L2_LOG" 2>/dev/null | tr -d '\r' | grep .; then
+            return 0
+        fi
+        [ -e "$LAB_L2_LOG.done" ] && return 1
+        awk -v a="$_t" -v b="$(lab_uptime)" -v s="$2" 'BEGIN { exit !(b - a > s) }' && return 1
+        sleep 0.2
+    done
+}
+
+# lab_l2_line PATTERN: the first line of the L2 log matching PATTERN.
+lab_l2_line() { grep -E -m1 "$1" "$LAB_L2_LOG" 2>/dev/null | tr -d '\r'; }
+
+# lab_l2_why: what the L2 VMM did, for a FAIL line: its exit status, how
+# long it ran, and its last lines (the vmm's own "vmm: ..." refusals or
+# "not implemented" come out there).
+lab_l2_why() {
+    case $LAB_L2_STATUS in
+    143 | 137) _st="was killed after its timeout ($LAB_L2_STATUS)" ;;
+    *) _st="exited with status $LAB_L2_STATUS" ;;
+    esac
+    echo "$LAB_VMM $_st after $LAB_L2_SECONDS s; its last lines: $(tail -n 3 "$LAB_L2_LOG" | tr -d '\r' | tr '\n' '|' | sed 's/|$//')"
+}
+
+# lab_vmstat PID FIELD: a /proc/PID/status field in kB (VmRSS, VmHWM, ...).
+lab_vmstat() { sed -n "s/^$2:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$1/status" 2>/dev/null; }
+
+# lab_mib SIZE: a size with an optional K, M or G suffix, in MiB.
+lab_mib() {
+    case $1 in
+    *[kK]) echo $((${1%?} / 1024)) ;;
+    *[mM]) echo "${1%?}" ;;
+    *[gG]) echo $((${1%?} * 1024)) ;;
+    *) echo $(($1 / 1048576)) ;;
+    esac
+}
+
+# lab_q ARG: ARG quoted for eval.
+lab_q() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
+
+# lab_kv LIST KEY: the value of KEY in a key=value,... list.
+lab_kv() { printf '%s\n' "$1" | tr , '\n' | sed -n "s/^$2=//p" | tail -n1; }
+
+# lab_l2_cmd OPTION...: the command line of LAB_VMM's VMM for an L2 guest
+# described by
+#   --cpus N                       vCPUs (2)
+#   --mem SIZE                     RAM (256M)
+#   --disk path=P[,readonly=on]    a virtio-blk disk (raw image); repeatable
+#   --net tap=NAME[,mac=MAC]       a virtio-net NIC on an L1 TAP; repeatable
+#   --balloon [free-page-reporting=on][,deflate-on-oom=on][,target=SIZE]
+#   --virtio-mem size=S[,requested=R]
+#   --insmod a,b                   modules L2's init loads (lab.insmod=)
+#   --append STR                   more guest kernel arguments
+# Both VMMs get the L2 kernel and image from /lab, the guest's console on
+# the first serial port to stdout, and "console=ttyS0 panic=-1 quiet
+# lab.scenario=$LAB_SCENARIO" first on the guest's command line. Sets
+# LAB_L2_CMD (quoted for eval), and LAB_L2_MONITOR and LAB_L2_BALLOON_MIB
+# when QEMU must be given the balloon target through its monitor.
+lab_l2_cmd() {
+    _cpus=2 _mem=256M _append="" _insmod="" _vm="" _extra="" _n=0
+    LAB_L2_MONITOR="" LAB_L2_BALLOON_MIB=""
+    # QEMU 7.2's microvm has no device memory region: it takes virtio-mem
+    # on virtio-mmio, but the guest sees it at address 0 and its probe
+    # fails ("could not reserve device region"). So with virtio-mem, the
+    # QEMU peer is a pc machine with every device on PCI.
+    _qbus=device _machine=microvm,acpi=on,rtc=on
+    case " $* " in
+    *" --virtio-mem "*) _qbus=pci _machine=pc ;;
+    esac
+    while [ $# -gt 0 ]; do
+        [ $# -ge 2 ] || { echo "lab_l2: $1 needs a value" >&2; return 1; }
+        _n=$((_n + 1))
+        case $1 in
+        --cpus) _cpus=$2 ;;
+        --mem) _mem=$2 ;;
+        --append) _append="$_append $2" ;;
+        --insmod) _insmod=$2 ;;
+        --disk)
+            if [ "$LAB_VMM" = qemu ]; then
+                _ro=""
+                [ "$(lab_kv "$2" readonly)" = on ] && _ro=",readonly=on"
+                _extra="$_extra -drive $(lab_q "if=none,id=disk$_n,format=raw,file=$(lab_kv "$2" path)$_ro")"
+                _extra="$_extra -device virtio-blk-$_qbus,drive=disk$_n"
+            else
+                _extra="$_extra --disk $(lab_q "$2")"
+            fi ;;
+        --net)
+            if [ "$LAB_VMM" = qemu ]; then
+                _mac=$(lab_kv "$2" mac)
+                _extra="$_extra -netdev $(lab_q "tap,id=net$_n,ifname=$(lab_kv "$2" tap),script=no,downscript=no")"
+                _extra="$_extra -device $(lab_q "virtio-net-$_qbus,netdev=net$_n${_mac:+,mac=$_mac}")"
+            else
+                _extra="$_extra --net $(lab_q "$2")"
+            fi ;;
+        --balloon)
+            if [ "$LAB_VMM" = qemu ]; then
+                _dev=virtio-balloon-$_qbus
+                for _k in free-page-reporting deflate-on-oom; do
+                    _v=$(lab_kv "$2" $_k)
+                    [ -z "$_v" ] || _dev="$_dev,$_k=$_v"
+                done
+                _extra="$_extra -device $_dev"
+                _target=$(lab_kv "$2" target)
+                if [ -n "$_target" ]; then
+                    LAB_L2_MONITOR=/tmp/l2-monitor.$$
+                    LAB_L2_BALLOON_MIB=$(lab_mib "$_target")
+                    _extra="$_extra -monitor pipe:$LAB_L2_MONITOR"
+                fi
+            else
+                _extra="$_extra --balloon $(lab_q "$2")"
+            fi ;;
+        --virtio-mem)
+            if [ "$LAB_VMM" = qemu ]; then
+                _vm=$2
+                _size=$(lab_kv "$2" size)
+                _extra="$_extra -object memory-backend-ram,id=vmem$_n,size=$_size"
+                _extra="$_extra -device virtio-mem-pci,memdev=vmem$_n,requested-size=$(lab_kv "$2" requested)"
+            else
+                _extra="$_extra --virtio-mem $(lab_q "$2")"
+            fi ;;
+        *) echo "lab_l2: unknown option $1" >&2; return 1 ;;
+        esac
+        shift 2
+    done
+    # The guest finds PCI devices only once virtio_pci is loaded.
+    [ "$LAB_VMM.$_qbus" = qemu.pci ] && _insmod="${_insmod:+$_insmod,}virtio_pci"
+    _cmdline="console=ttyS0 panic=-1 quiet lab.scenario=$LAB_SCENARIO${_insmod:+ lab.insmod=$_insmod}$_append"
+    case $LAB_VMM in
+    qemu)
+        _m=$_mem
+        # virtio-mem's region lies in QEMU's device memory: one slot, and
+        # maxmem as large as boot RAM plus the region.
+        [ -z "$_vm" ] || _m="$_mem,slots=1,maxmem=$(($(lab_mib "$_mem") + $(lab_mib "$(lab_kv "$_vm" size)")))M"
+        LAB_L2_CMD="qemu-system-x86_64 -enable-kvm -cpu host -M $_machine -nodefaults"
+        LAB_L2_CMD="$LAB_L2_CMD -global virtio-mmio.force-legacy=false -smp $_cpus -m $_m"
+        LAB_L2_CMD="$LAB_L2_CMD -display none -serial stdio -no-reboot"
+        [ -n "$LAB_L2_MONITOR" ] || LAB_L2_CMD="$LAB_L2_CMD -monitor none"
+        LAB_L2_CMD="$LAB_L2_CMD -kernel /lab/vmlinuz -initrd /lab/l2.cpio -append $(lab_q "$_cmdline")$_extra"
+        ;;
+    vmm)
+        LAB_L2_CMD="vmm run --kernel /lab/vmlinuz --initrd /lab/l2.cpio --cmdline $(lab_q "$_cmdline")"
+        LAB_L2_CMD="$LAB_L2_CMD --cpus $_cpus --memory size=$_mem --serial stdio$_extra"
+        ;;
+    *) echo "lab_l2: LAB_VMM=$LAB_VMM: use vmm or qemu" >&2; return 1 ;;
+    esac
+}
+
+# lab_l2_booted_after: seconds from the L2 VMM's start to LAB-L2-BOOTED on
+# its serial output ("never" without one).
+lab_l2_booted_after() {
+    if [ -s "$LAB_L2_LOG.booted" ]; then
+        awk -v a="$LAB_L2_T0" -v b="$(cat "$LAB_L2_LOG.booted")" 'BEGIN { printf "%.2f", b - a }'
+    else
+        echo never
+    fi
+}
+
+# lab_l2_lines PATTERN: every line of the L2 log matching PATTERN, on one line.
+lab_l2_lines() { grep -E "$1" "$LAB_L2_LOG" 2>/dev/null | tr -d '\r' | tr '\n' ';' | sed 's/;$//; s/;/; /g'; }
