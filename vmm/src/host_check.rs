@@ -32,11 +32,16 @@ fn read_trim(p: &str) -> Option<String> {
     fs::read_to_string(p).ok().map(|s| s.trim().to_string())
 }
 
+/// The host's KVM is PVM, which boots only kernels built for it.
+pub fn host_kvm_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
 pub fn run() -> Report {
     let mut t = String::new();
     let mut ok = true;
 
-    let pvm = Path::new("/sys/module/kvm_pvm").exists();
+    let pvm = host_kvm_is_pvm();
     match OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         Err(e) => {
             ok = false;

@@ -12,7 +12,7 @@ use devices::virtio::block::Block;
 use devices::virtio::mem::Mem;
 use devices::virtio::net::Net;
 use devices::virtio::VirtioDevice;
-use log::info;
+use log::{info, warn};
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -150,6 +150,9 @@ fn guarded(what: &str, exit: &ExitSignal, f: impl FnOnce()) {
 
 /// Boots the VM described by `cfg` (already validated) and returns how it ended.
 pub fn run(cfg: &VmConfig) -> Result<VmExit, MachineError> {
+    if crate::host_check::host_kvm_is_pvm() {
+        warn!("this host's KVM is PVM (kvm_pvm): only kernels built for PVM boot here, and a stock kernel will hang without output; `vmm host-check` explains");
+    }
     let ram = Arc::new(build_guest_ram(cfg)?);
     let vm = Vm::new(cfg.cpus)?;
     vm.map_ram(&ram)?;
@@ -255,16 +258,18 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, MachineError> {
         .name("devices".into())
         .spawn(move || {
             let e = loop_exit.clone();
-            guarded("the device thread", &e, move || events.run(loop_exit, stop_loop))
+            guarded("the device thread", &e, move || {
+                events.run(loop_exit, stop_loop)
+            })
         })
         .map_err(host("starting the device thread"))?;
 
     let pio = Arc::new(pio);
     let mmio = Arc::new(mmio);
-    for vcpu in vcpus {
+    for (i, vcpu) in vcpus.into_iter().enumerate() {
         let (pio, mmio, exit) = (pio.clone(), mmio.clone(), exit.clone());
         thread::Builder::new()
-            .name("vcpu".into())
+            .name(format!("vcpu{i}"))
             .spawn(move || {
                 let e = exit.clone();
                 guarded("a vCPU thread", &e, move || vcpu.run(pio, mmio, exit))
