@@ -170,6 +170,7 @@ lab_kv() { printf '%s\n' "$1" | tr , '\n' | sed -n "s/^$2=//p" | tail -n1; }
 # described by
 #   --cpus N                       vCPUs (2)
 #   --mem SIZE                     RAM (256M)
+#   --kernel PATH                  the L2 kernel (/lab/vmlinuz, a bzImage)
 #   --disk path=P[,readonly=on]    a virtio-blk disk (raw image); repeatable
 #   --net tap=NAME[,mac=MAC]       a virtio-net NIC on an L1 TAP; repeatable
 #   --balloon [free-page-reporting=on][,deflate-on-oom=on][,target=SIZE]
@@ -182,7 +183,7 @@ lab_kv() { printf '%s\n' "$1" | tr , '\n' | sed -n "s/^$2=//p" | tail -n1; }
 # LAB_L2_CMD (quoted for eval), and LAB_L2_MONITOR and LAB_L2_BALLOON_MIB
 # when QEMU must be given the balloon target through its monitor.
 lab_l2_cmd() {
-    _cpus=2 _mem=256M _append="" _insmod="" _vm="" _extra="" _n=0
+    _cpus=2 _mem=256M _append="" _insmod="" _vm="" _extra="" _n=0 _kernel=/lab/vmlinuz
     LAB_L2_MONITOR="" LAB_L2_BALLOON_MIB=""
     # QEMU 7.2's microvm has no device memory region: it takes virtio-mem
     # on virtio-mmio, but the guest sees it at address 0 and its probe
@@ -198,6 +199,7 @@ lab_l2_cmd() {
         case $1 in
         --cpus) _cpus=$2 ;;
         --mem) _mem=$2 ;;
+        --kernel) _kernel=$2 ;;
         --append) _append="$_append $2" ;;
         --insmod) _insmod=$2 ;;
         --disk)
@@ -260,10 +262,10 @@ lab_l2_cmd() {
         LAB_L2_CMD="$LAB_L2_CMD -global virtio-mmio.force-legacy=false -smp $_cpus -m $_m"
         LAB_L2_CMD="$LAB_L2_CMD -display none -serial stdio -no-reboot"
         [ -n "$LAB_L2_MONITOR" ] || LAB_L2_CMD="$LAB_L2_CMD -monitor none"
-        LAB_L2_CMD="$LAB_L2_CMD -kernel /lab/vmlinuz -initrd /lab/l2.cpio -append $(lab_q "$_cmdline")$_extra"
+        LAB_L2_CMD="$LAB_L2_CMD -kernel $_kernel -initrd /lab/l2.cpio -append $(lab_q "$_cmdline")$_extra"
         ;;
     vmm)
-        LAB_L2_CMD="vmm run --kernel /lab/vmlinuz --initrd /lab/l2.cpio --cmdline $(lab_q "$_cmdline")"
+        LAB_L2_CMD="vmm run --kernel $_kernel --initrd /lab/l2.cpio --cmdline $(lab_q "$_cmdline")"
         LAB_L2_CMD="$LAB_L2_CMD --cpus $_cpus --memory size=$_mem --serial stdio$_extra"
         ;;
     *) echo "lab_l2: LAB_VMM=$LAB_VMM: use vmm or qemu" >&2; return 1 ;;
