@@ -153,6 +153,17 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The guest printed `cmdline` and a newline on COM1, then powered off.
+fn assert_printed_and_powered_off(out: &Output, console: &str, cmdline: &str) {
+    assert_eq!(
+        console,
+        format!("{cmdline}\n"),
+        "COM1 output; vmm stderr:\n{}",
+        stderr(out)
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(out));
+}
+
 #[test]
 fn tiny_kernel_prints_its_command_line_and_powers_off() {
     let dir = Dir::new("poweroff");
@@ -162,13 +173,7 @@ fn tiny_kernel_prints_its_command_line_and_powers_off() {
         ENTRY_PRINT_CMDLINE_THEN_S5,
         &["--cpus", "2", "--cmdline", cmdline],
     );
-    assert_eq!(
-        console,
-        format!("{cmdline}\n"),
-        "COM1 output; vmm stderr:\n{}",
-        stderr(&out)
-    );
-    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
+    assert_printed_and_powered_off(&out, &console, cmdline);
 }
 
 #[test]
@@ -180,13 +185,7 @@ fn elf_kernel_boots_through_pvh() {
         &pvh_elf(PVH_ENTRY_PRINT_CMDLINE_THEN_S5),
         &["--cmdline", cmdline],
     );
-    assert_eq!(
-        console,
-        format!("{cmdline}\n"),
-        "COM1 output; vmm stderr:\n{}",
-        stderr(&out)
-    );
-    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
+    assert_printed_and_powered_off(&out, &console, cmdline);
 }
 
 #[test]
