@@ -71,7 +71,6 @@ impl Vm {
             Cap::Pit2,
             Cap::PitState2,
             Cap::ExtCpuid,
-            Cap::ImmediateExit,
         ] {
             if !kvm.check_extension(cap) {
                 return Err(VmError::MissingCap(cap));
