@@ -197,7 +197,7 @@ impl Vcpu {
     }
 }
 
-/// The maximum number of CPUID entries to ask KVM for.
+/// The CPUID KVM can offer a vCPU, before this VM's topology is applied.
 pub fn supported_cpuid(vm: &Vm) -> Result<CpuId, VcpuError> {
     vm.kvm()
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
