@@ -15,10 +15,19 @@ pub const MIN_RAM: u64 = 16 << 20;
 pub const MAX_RAM: u64 = 1 << 40;
 const VIRTIO_MEM_ALIGN: u64 = 1 << 30;
 
-/// ACPI tables, RSDP first: inside the BIOS area Linux scans for the RSDP
-/// (0xE0000-0xFFFFF), which the e820 map reports as reserved.
-pub const ACPI_START: u64 = 0x000E_0000;
-pub const ACPI_END: u64 = 0x0010_0000;
+/// The BIOS area (0xE0000-0xFFFFF), reserved in the e820 map: the ACPI
+/// tables in its first 64 KiB, where Linux scans for the RSDP, and the
+/// reset stub at the x86 reset vector at its top.
+pub const BIOS_AREA_START: u64 = 0x000E_0000;
+pub const BIOS_AREA_END: u64 = 0x0010_0000;
+/// ACPI tables, RSDP first.
+pub const ACPI_START: u64 = BIOS_AREA_START;
+pub const ACPI_END: u64 = 0x000F_0000;
+/// Where a CPU starts after reset (F000:FFF0). Linux jumps here as its last
+/// way to reboot ("BIOS" reboot), which it reaches first on a
+/// hardware-reduced ACPI platform without EFI (it prefers EFI reboot there,
+/// and has no EFI).
+pub const RESET_VECTOR: u64 = 0x000F_FFF0;
 
 /// virtio-mmio device windows, one page each, low in the MMIO hole (the
 /// IOAPIC is at 0xFEC0_0000 and the LAPIC at 0xFEE0_0000).

@@ -208,6 +208,24 @@ fn acpi_reset_ends_the_vmm_with_the_reboot_status() {
 }
 
 #[test]
+fn a_guest_that_dies_is_reported_with_its_registers() {
+    let dir = Dir::new("triple");
+    // int3 with the boot IDT (one empty entry): #GP, then #DF, then a
+    // triple fault on KVM (a reset, status 3); PVM reports the failed
+    // exception delivery as an internal error instead (status 1).
+    let (out, _) = run(&dir, &[0xcc, 0xf4], &[]);
+    let err = stderr(&out);
+    let expected = if err.contains("triple fault") { 3 } else { 1 };
+    assert_eq!(out.status.code(), Some(expected), "stderr:\n{err}");
+    assert!(
+        (err.contains("triple fault") || err.contains("internal error"))
+            && err.contains("rip=0x1002")
+            && err.contains("cr3=0x9000"),
+        "stderr:\n{err}"
+    );
+}
+
+#[test]
 fn an_initrd_too_big_for_ram_is_one_clear_error() {
     let dir = Dir::new("initrd");
     let initrd = dir.path("initrd");

@@ -8,16 +8,19 @@ lab-insmod tun || lab_fail "L1 could not load tun"
 tunctl -t tap0 >/dev/null || lab_fail "L1 could not create tap0"
 ip addr add $NET_L1_IP/24 dev tap0 && ip link set tap0 up || lab_fail "L1 could not set up tap0"
 
-lab_l2_start /tmp/l2.log 120 --cpus 2 --mem 256M --insmod virtio_mmio,virtio_net \
-    --net tap=tap0,mac=$NET_MAC
-up=$(lab_l2_until LAB-L2-NET-UP 90)
-if [ -n "$up" ]; then
-    ping -c $NET_PINGS -W 10 $NET_L2_IP >/tmp/ping.out 2>&1
-    l1_ping=$(grep -m1 'packets transmitted' /tmp/ping.out)
-else
-    l1_ping="not tried: L2 never said LAB-L2-NET-UP"
-fi
-lab_l2_wait
+run_l2() {
+    lab_l2_start /tmp/l2.log 120 --cpus 2 --mem 256M --insmod virtio_mmio,virtio_net \
+        --net tap=tap0,mac=$NET_MAC
+    up=$(lab_l2_until LAB-L2-NET-UP 90)
+    if [ -n "$up" ]; then
+        ping -c $NET_PINGS -W 10 $NET_L2_IP >/tmp/ping.out 2>&1
+        l1_ping=$(grep -m1 'packets transmitted' /tmp/ping.out)
+    else
+        l1_ping="not tried: L2 never said LAB-L2-NET-UP"
+    fi
+    lab_l2_wait
+}
+lab_l2_retry run_l2
 lab_l2_line LAB-L2-BOOTED >/dev/null || lab_fail "L2 printed no LAB-L2-BOOTED: $(lab_l2_why)"
 [ -n "$up" ] || lab_fail "L2 did not bring up its NIC: $(lab_l2_lines 'LAB-L2-NET') $(lab_l2_why)"
 out=$(lab_l2_line LAB-L2-NET-PING-L1)

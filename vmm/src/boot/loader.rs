@@ -99,8 +99,8 @@ pub fn e820_map(ram_size: u64) -> Vec<(u64, u64, u32)> {
     let mut m = vec![
         (0, EBDA_START, E820_RAM),
         (
-            layout::ACPI_START,
-            layout::ACPI_END - layout::ACPI_START,
+            layout::BIOS_AREA_START,
+            layout::BIOS_AREA_END - layout::BIOS_AREA_START,
             E820_RESERVED,
         ),
     ];
@@ -130,6 +130,23 @@ fn is_elf(f: &mut File) -> std::io::Result<bool> {
     let n = f.read(&mut magic)?;
     f.seek(SeekFrom::Start(0))?;
     Ok(n == 4 && magic == *b"\x7fELF")
+}
+
+/// Real-mode code at the reset vector: write the reset value to the ACPI
+/// reset register, so that a guest rebooting through its BIOS path ends
+/// the VM like the other ways of rebooting do.
+fn reset_stub() -> [u8; 8] {
+    let [lo, hi] = layout::ACPI_RESET_PORT.to_le_bytes();
+    [
+        0xb0,
+        layout::ACPI_RESET_VALUE, // mov al, value
+        0xba,
+        lo,
+        hi,   // mov dx, port
+        0xee, // out dx, al
+        0xf4, // hlt
+        0xf4, // hlt
+    ]
 }
 
 /// Loads everything and returns where the boot vCPU starts.
@@ -169,6 +186,12 @@ pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<BootEntry, LoadErr
     if spec.cmdline.as_bytes().contains(&0) {
         return Err(LoadError::CmdlineNul);
     }
+    mem.write_slice(&reset_stub(), GuestAddress(layout::RESET_VECTOR))
+        .map_err(|source| LoadError::Write {
+            what: "the reset stub",
+            addr: layout::RESET_VECTOR,
+            source,
+        })?;
     let mut cmd = spec.cmdline.as_bytes().to_vec();
     cmd.push(0);
     mem.write_slice(&cmd, GuestAddress(CMDLINE_ADDR))

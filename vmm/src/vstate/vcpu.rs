@@ -159,7 +159,10 @@ impl Vcpu {
                     None
                 }
                 Ok(VcpuExit::Shutdown) => {
-                    warn!("vCPU {index}: triple fault; the guest is reset");
+                    warn!(
+                        "vCPU {index}: triple fault; the guest is reset ({})",
+                        self.describe_state()
+                    );
                     Some(VmExit::Reboot)
                 }
                 Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
@@ -177,7 +180,8 @@ impl Vcpu {
                     "vCPU {index}: KVM could not enter the guest (hardware reason {reason:#x} on host CPU {cpu})"
                 ))),
                 Ok(VcpuExit::InternalError) => Some(VmExit::Failed(format!(
-                    "vCPU {index}: KVM internal error (often an instruction KVM cannot emulate)"
+                    "vCPU {index}: KVM internal error (often an instruction KVM cannot emulate; {})",
+                    self.describe_state()
                 ))),
                 Ok(VcpuExit::Intr) => None,
                 Ok(other) => {
@@ -194,6 +198,19 @@ impl Vcpu {
                 exit.signal(why);
             }
         }
+    }
+}
+
+impl Vcpu {
+    /// The registers that say where and how a guest died, for the log.
+    fn describe_state(&self) -> String {
+        let (Ok(r), Ok(s)) = (self.fd.get_regs(), self.fd.get_sregs()) else {
+            return "registers unreadable".to_string();
+        };
+        format!(
+            "rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} idt={:#x}+{:#x} cs={:#x}",
+            r.rip, r.rsp, r.rflags, s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.idt.base, s.idt.limit, s.cs.selector
+        )
     }
 }
 

@@ -307,7 +307,7 @@ fn guest_ram_without_the_bios_area_is_an_error() {
     assert!(matches!(e, AcpiError::Write { .. }), "{e}");
     assert!(
         e.to_string()
-            .contains("guest RAM must cover 0xe0000..0x100000"),
+            .contains("guest RAM must cover 0xe0000..0xf0000"),
         "{e}"
     );
 }
