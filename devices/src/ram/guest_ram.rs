@@ -17,8 +17,11 @@ use vm_memory::{
 };
 
 use super::backing::{BackingError, BackingKind, BackingSpec, RamBacking};
+use super::host_mapping::HostMapping;
 
 const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+/// x86-64's transparent huge page size: every mapping starts on this boundary.
+const THP_SIZE: u64 = 2 << 20;
 
 /// What a range of guest RAM is for: the policy checks devices against the
 /// region they use.
@@ -64,8 +67,10 @@ impl RamRegion {
 /// All of guest RAM: the vm-memory view devices use and the facts the policy needs.
 #[derive(Clone, Debug)]
 pub struct GuestRam {
+    // Dropped before `_mappings`: the regions point into those mappings.
     memory: GuestMemoryMmap,
     regions: Vec<RamRegion>,
+    _mappings: Arc<Vec<HostMapping>>,
 }
 
 impl GuestRam {
@@ -169,6 +174,7 @@ pub enum GuestRamError {
 #[derive(Default)]
 pub struct GuestRamBuilder {
     regions: Vec<(RamRegion, GuestRegionMmap)>,
+    mappings: Vec<HostMapping>,
 }
 
 impl GuestRamBuilder {
@@ -219,12 +225,40 @@ impl GuestRamBuilder {
             }
         }
 
+        let align = if spec.hugepages {
+            huge_page_size().max(THP_SIZE)
+        } else {
+            THP_SIZE
+        } as usize;
         let mut offset = 0u64;
         for (base, size) in ranges {
-            let mut builder = MmapRegionBuilder::new(*size as usize)
-                .with_mmap_prot(prot)
-                .with_mmap_flags(flags)
-                .with_hugetlbfs(spec.hugepages);
+            let fd = file.as_ref().map_or(-1, |f| f.as_raw_fd());
+            let host = HostMapping::new(*size as usize, prot, flags, fd, offset, align).map_err(
+                |source| GuestRamError::Io {
+                    what: what.into(),
+                    backing: spec.to_string(),
+                    op: format!("mmap of {size:#x} bytes"),
+                    source,
+                },
+            )?;
+            if file.is_none() && !spec.hugepages {
+                // Where the host leaves transparent huge pages to madvise,
+                // ask for them, as QEMU does for guest RAM.
+                // SAFETY: advice on a mapping this builder owns; failure only loses the hint.
+                unsafe {
+                    libc::madvise(host.addr().cast(), *size as usize, libc::MADV_HUGEPAGE);
+                }
+            }
+            // SAFETY: `host` is a live mapping of exactly `size` bytes, kept
+            // in `self.mappings` (then in the GuestRam) for as long as the
+            // region built on it.
+            let mut builder = unsafe {
+                MmapRegionBuilder::new(*size as usize).with_raw_mmap_pointer(host.addr())
+            }
+            .with_mmap_prot(prot)
+            .with_mmap_flags(flags)
+            .with_hugetlbfs(spec.hugepages);
+            self.mappings.push(host);
             if let Some(f) = &file {
                 builder = builder.with_file_offset(FileOffset::from_arc(f.clone(), offset));
             }
@@ -262,7 +296,11 @@ impl GuestRamBuilder {
         for (m, r) in memory.iter().zip(&regions) {
             debug_assert_eq!(m.start_addr(), r.guest_base);
         }
-        Ok(GuestRam { memory, regions })
+        Ok(GuestRam {
+            memory,
+            regions,
+            _mappings: Arc::new(self.mappings),
+        })
     }
 }
 

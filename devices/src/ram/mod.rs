@@ -9,6 +9,7 @@
 mod backing;
 mod discard;
 mod guest_ram;
+mod host_mapping;
 pub mod policy;
 
 pub use backing::{BackingError, BackingKind, BackingSpec, RamBacking, RomMode};

@@ -367,3 +367,40 @@ fn discard_checks_alignment_and_range() {
         Err(DiscardError::OutOfRange { .. })
     ));
 }
+
+#[test]
+fn every_region_starts_on_a_huge_page_boundary_in_the_host() {
+    use vm_memory::GuestMemoryBackend;
+    let f = TempFile::with_content("aligned", &pattern(6 * MIB as usize, 3));
+    let specs = [
+        BackingSpec::anonymous(),
+        BackingSpec::memfd(true),
+        BackingSpec::file(&f.0, false),
+    ];
+    for spec in &specs {
+        let mut b = GuestRam::builder();
+        // Two ranges, as boot RAM split around the MMIO hole is.
+        b.add(
+            "--memory",
+            spec,
+            RegionRole::Boot,
+            &[(GuestAddress(0), 4 * MIB), (GuestAddress(1 << 32), 2 * MIB)],
+        )
+        .unwrap();
+        let ram = b.build().unwrap();
+        for r in ram.memory().iter() {
+            assert_eq!(r.as_ptr() as usize % (2 * MIB as usize), 0, "{spec}");
+        }
+        if matches!(spec.kind, BackingKind::File(_)) {
+            // The second range maps the file from the first range's end.
+            assert_eq!(
+                read(&ram, 1 << 32, 4096),
+                pattern(6 * MIB as usize, 3)[4 * MIB as usize..][..4096]
+            );
+        }
+        ram.memory()
+            .write_slice(&[1; 4096], GuestAddress((1 << 32) + MIB))
+            .unwrap();
+        assert_eq!(read(&ram, (1 << 32) + MIB, 4096), vec![1; 4096]);
+    }
+}
