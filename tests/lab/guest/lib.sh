@@ -59,7 +59,7 @@ lab_l2_once() {
 # ended with status 3, the guest was reset, which no scenario asks for:
 # now and then (about 1 boot in 25 in CI) L2 triple-faults in this
 # emulated nesting, as L1 itself now and then panics or resets. CMD then
-# runs once more, the first log is kept as LOG.reset, and lab_pass puts
+# runs once more, the first log is kept as LOG-reset, and lab_pass puts
 # what happened (with vmm's register dump) at the head of the result line.
 lab_l2_retry() {
     LAB_L2_RERUN=""
@@ -67,7 +67,7 @@ lab_l2_retry() {
     [ "$LAB_VMM" = vmm ] && [ "$LAB_L2_STATUS" = 3 ] || return 0
     LAB_L2_RERUN="second L2 run, the first was reset: $(grep -E 'LAB-L2-[A-Z-]+|triple fault' "$LAB_L2_LOG" |
         tail -n 2 | tr -d '\r' | tr '\n' '|' | sed 's/|$//'); "
-    cp "$LAB_L2_LOG" "$LAB_L2_LOG.reset"
+    cp "$LAB_L2_LOG" "$LAB_L2_LOG-reset"
     lab_log "L2 was reset (status 3): running it once more"
     "$@"
 }
