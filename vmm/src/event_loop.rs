@@ -124,6 +124,15 @@ impl EventLoop {
         }
     }
 
+    /// Stops watching stdin: at its end it would stay readable forever.
+    fn forget_stdin(&self) {
+        let _ = self.epoll.ctl(
+            ControlOperation::Delete,
+            libc::STDIN_FILENO,
+            EpollEvent::default(),
+        );
+    }
+
     /// Handles one ready source; false ends the loop.
     fn dispatch(&mut self, token: usize) -> bool {
         let Some(source) = self.sources.get(token) else {
@@ -146,11 +155,7 @@ impl EventLoop {
                 match io::stdin().lock().read(&mut buf) {
                     Ok(0) => {
                         debug!("stdin closed; COM1 gets no more input");
-                        let _ = self.epoll.ctl(
-                            ControlOperation::Delete,
-                            libc::STDIN_FILENO,
-                            EpollEvent::default(),
-                        );
+                        self.forget_stdin();
                     }
                     Ok(n) => {
                         let taken = lock(serial, "COM1").enqueue_input(&buf[..n]);
@@ -161,11 +166,7 @@ impl EventLoop {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         warn!("reading stdin failed: {e}; COM1 gets no more input");
-                        let _ = self.epoll.ctl(
-                            ControlOperation::Delete,
-                            libc::STDIN_FILENO,
-                            EpollEvent::default(),
-                        );
+                        self.forget_stdin();
                     }
                 }
             }

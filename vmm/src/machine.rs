@@ -115,9 +115,9 @@ impl Wiring<'_> {
     }
 }
 
-fn device_err(device: String) -> impl FnOnce(&dyn std::fmt::Display) -> MachineError {
-    move |e| MachineError::Device {
-        device,
+fn device_err(device: &str, e: impl std::fmt::Display) -> MachineError {
+    MachineError::Device {
+        device: device.to_string(),
         reason: e.to_string(),
     }
 }
@@ -199,13 +199,13 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, MachineError> {
     };
     for d in &cfg.disks {
         let name = format!("--disk id={}", d.id);
-        let dev = Block::new(d, ram.clone()).map_err(|e| device_err(name.clone())(&e))?;
+        let dev = Block::new(d, ram.clone()).map_err(|e| device_err(&name, e))?;
         w.attach(name, Arc::new(Mutex::new(dev)))?;
     }
     for n in &cfg.nets {
         let name = format!("--net id={}", n.id);
         let dev = Arc::new(Mutex::new(
-            Net::new(n, ram.clone()).map_err(|e| device_err(name.clone())(&e))?,
+            Net::new(n, ram.clone()).map_err(|e| device_err(&name, e))?,
         ));
         w.attach(name.clone(), dev.clone())?;
         w.events
@@ -214,12 +214,12 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, MachineError> {
     }
     if let Some(b) = &cfg.balloon {
         let name = "--balloon".to_string();
-        let dev = Balloon::new(b, ram.clone()).map_err(|e| device_err(name.clone())(&e))?;
+        let dev = Balloon::new(b, ram.clone()).map_err(|e| device_err(&name, e))?;
         w.attach(name, Arc::new(Mutex::new(dev)))?;
     }
     for (m, base) in cfg.virtio_mems.iter().zip(layout::virtio_mem_bases(cfg)) {
         let name = format!("--virtio-mem id={}", m.id);
-        let dev = Mem::new(m, base, ram.clone()).map_err(|e| device_err(name.clone())(&e))?;
+        let dev = Mem::new(m, base, ram.clone()).map_err(|e| device_err(&name, e))?;
         w.attach(name, Arc::new(Mutex::new(dev)))?;
     }
     let slots = std::mem::take(&mut w.slots);

@@ -124,6 +124,16 @@ fn write<T: vm_memory::ByteValued>(
         .map_err(|source| LoadError::Write { what, addr, source })
 }
 
+fn write_bytes(
+    mem: &GuestMemoryMmap,
+    what: &'static str,
+    addr: u64,
+    bytes: &[u8],
+) -> Result<(), LoadError> {
+    mem.write_slice(bytes, GuestAddress(addr))
+        .map_err(|source| LoadError::Write { what, addr, source })
+}
+
 fn is_elf(f: &mut File) -> std::io::Result<bool> {
     let mut magic = [0u8; 4];
     f.seek(SeekFrom::Start(0))?;
@@ -186,20 +196,10 @@ pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<BootEntry, LoadErr
     if spec.cmdline.as_bytes().contains(&0) {
         return Err(LoadError::CmdlineNul);
     }
-    mem.write_slice(&reset_stub(), GuestAddress(layout::RESET_VECTOR))
-        .map_err(|source| LoadError::Write {
-            what: "the reset stub",
-            addr: layout::RESET_VECTOR,
-            source,
-        })?;
+    write_bytes(mem, "the reset stub", layout::RESET_VECTOR, &reset_stub())?;
     let mut cmd = spec.cmdline.as_bytes().to_vec();
     cmd.push(0);
-    mem.write_slice(&cmd, GuestAddress(CMDLINE_ADDR))
-        .map_err(|source| LoadError::Write {
-            what: "the command line",
-            addr: CMDLINE_ADDR,
-            source,
-        })?;
+    write_bytes(mem, "the command line", CMDLINE_ADDR, &cmd)?;
 
     let initrd = match spec.initrd {
         Some(p) => Some(load_initrd(
