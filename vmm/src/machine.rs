@@ -25,7 +25,7 @@ use crate::exit::{ExitSignal, VmExit};
 use crate::layout;
 use crate::memory::build_guest_ram;
 use crate::platform::power::{AcpiPower, I8042Reset};
-use crate::platform::serial::{LineFlush, SerialDevice, SerialOut};
+use crate::platform::serial::{SerialDevice, SerialOut};
 use crate::platform::terminal::RawStdin;
 use crate::transport::mmio::{MmioTransport, NOTIFY_OFFSET};
 use crate::vstate::{self, Vcpu, Vm};
@@ -124,7 +124,7 @@ fn device_err(device: &str, e: impl std::fmt::Display) -> MachineError {
 
 fn serial_out(cfg: &SerialConfig) -> Result<Option<SerialOut>, MachineError> {
     Ok(match cfg {
-        SerialConfig::Stdio => Some(Box::new(LineFlush(io::stdout()))),
+        SerialConfig::Stdio => Some(Box::new(io::stdout())),
         SerialConfig::File(p) => {
             let f = OpenOptions::new()
                 .create(true)
@@ -134,7 +134,7 @@ fn serial_out(cfg: &SerialConfig) -> Result<Option<SerialOut>, MachineError> {
                     path: p.display().to_string(),
                     source,
                 })?;
-            Some(Box::new(LineFlush(f)))
+            Some(Box::new(f))
         }
         SerialConfig::Off => None,
     })

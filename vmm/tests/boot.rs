@@ -5,8 +5,12 @@
 //! COM1 and the power-off path all have to work for the test to pass.
 
 use std::fs;
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
 
 struct Dir(PathBuf);
 
@@ -197,6 +201,38 @@ fn elf_kernel_without_pvh_note_is_refused() {
     assert_eq!(out.status.code(), Some(1), "stderr:\n{}", stderr(&out));
     assert!(stderr(&out).contains("PVH"), "stderr:\n{}", stderr(&out));
     assert!(console.is_empty());
+}
+
+#[test]
+fn console_output_without_a_newline_reaches_stdout_at_once() {
+    let dir = Dir::new("prompt");
+    let kernel = dir.path("kernel");
+    // Prints "# " (a shell prompt, no newline), then spins: the VM never ends.
+    let entry = [
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'#', 0xee, //       out '#'
+        0xb0, b' ', 0xee, //       out ' '
+        0xeb, 0xfe, //             jmp $
+    ];
+    fs::write(&kernel, bzimage(&entry)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(["run", "--kernel", &kernel, "--memory", "size=64M"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("vmm starts");
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = [0u8; 2];
+        let r = stdout.read_exact(&mut buf).map(|()| buf);
+        let _ = tx.send(r);
+    });
+    let got = rx.recv_timeout(Duration::from_secs(20));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(got.ok().and_then(Result::ok), Some(*b"# "));
 }
 
 #[test]

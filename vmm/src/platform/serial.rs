@@ -18,8 +18,8 @@ impl Trigger for IrqTrigger {
     }
 }
 
-/// Where guest output goes. Output is flushed per line so that logs read
-/// by other processes see whole lines as they happen.
+/// Where guest output goes. The UART flushes it after every byte, so a
+/// console or a log read by another process sees it at once.
 pub type SerialOut = Box<dyn Write + Send>;
 
 pub struct SerialDevice {
@@ -66,22 +66,6 @@ impl BusDevice for SerialDevice {
             // Output the host cannot take (a closed pipe) must not stop the guest.
             warn!("COM1: {e}");
         }
-    }
-}
-
-/// A writer that flushes at every newline.
-pub struct LineFlush<W: Write>(pub W);
-
-impl<W: Write> Write for LineFlush<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.0.write(buf)?;
-        if buf[..n].contains(&b'\n') {
-            self.0.flush()?;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
     }
 }
 
