@@ -1,5 +1,6 @@
 //! How a running VM ends, and how the thread that noticed tells the rest.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use log::debug;
@@ -31,6 +32,8 @@ impl VmExit {
 pub struct ExitSignal {
     evt: EventFd,
     reason: Mutex<Option<VmExit>>,
+    /// `reason` is set: read by every vCPU after every exit, without the lock.
+    set: AtomicBool,
 }
 
 impl ExitSignal {
@@ -38,6 +41,7 @@ impl ExitSignal {
         Ok(ExitSignal {
             evt: EventFd::new(libc::EFD_CLOEXEC)?,
             reason: Mutex::new(None),
+            set: AtomicBool::new(false),
         })
     }
 
@@ -46,6 +50,7 @@ impl ExitSignal {
         if r.is_none() {
             debug!("VM exit: {why:?}");
             *r = Some(why);
+            self.set.store(true, Ordering::Release);
             // A full eventfd counter still leaves it readable, so the waiter wakes anyway.
             let _ = self.evt.write(1);
         }
@@ -67,9 +72,6 @@ impl ExitSignal {
     }
 
     pub fn is_set(&self) -> bool {
-        self.reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.set.load(Ordering::Acquire)
     }
 }
