@@ -1,14 +1,18 @@
 //! The device thread: one epoll loop that runs queue work when the guest
 //! kicks an ioeventfd, moves packets when a TAP has some, and feeds host
-//! input to COM1.
+//! input to COM1. The VM object pauses it between two pieces of work, so a
+//! paused VM has no request half done and writes nothing into guest RAM.
 
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use devices::virtio::net::Net;
 use devices::virtio::VirtioDevice;
 use log::{debug, warn};
+use virtio_queue::QueueT;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -30,11 +34,65 @@ enum Source {
     Stdin { serial: Arc<Mutex<SerialDevice>> },
     /// The VM is ending: leave the loop.
     Stop(EventFd),
+    /// A request from the VM object waits in `control`.
+    Control(EventFd),
+}
+
+/// What the VM object asks of the device thread.
+enum LoopRequest {
+    /// Finish the current piece of work, then park until `Resume`.
+    Pause(Sender<()>),
+    Resume(Sender<()>),
+}
+
+/// The VM object's side of the device thread: pause and resume it.
+pub struct LoopHandle {
+    requests: Sender<LoopRequest>,
+    wake: EventFd,
+}
+
+/// How long a pause or resume may take before it is reported as stuck: the
+/// device thread finishes at most one request or packet batch first.
+const LOOP_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl LoopHandle {
+    fn ask(&self, make: impl FnOnce(Sender<()>) -> LoopRequest, what: &str) -> io::Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.requests
+            .send(make(tx))
+            .map_err(|_| io::Error::other(format!("the device thread has ended; cannot {what}")))?;
+        self.wake.write(1)?;
+        match rx.recv_timeout(LOOP_ACK_TIMEOUT) {
+            Ok(()) => Ok(()),
+            Err(RecvTimeoutError::Timeout) => Err(io::Error::other(format!(
+                "the device thread did not {what} within {} s (a device is stuck in I/O)",
+                LOOP_ACK_TIMEOUT.as_secs()
+            ))),
+            Err(RecvTimeoutError::Disconnected) => Err(io::Error::other(format!(
+                "the device thread ended before it could {what}"
+            ))),
+        }
+    }
+
+    /// Returns once the device thread is parked between two pieces of work.
+    pub fn pause(&self) -> io::Result<()> {
+        self.ask(LoopRequest::Pause, "pause")
+    }
+
+    /// Returns once the device thread serves devices again.
+    pub fn resume(&self) -> io::Result<()> {
+        self.ask(LoopRequest::Resume, "resume")
+    }
 }
 
 pub struct EventLoop {
     epoll: Epoll,
     sources: Vec<Source>,
+    control: Option<Receiver<LoopRequest>>,
+    /// Devices whose queues are processed once when the loop starts: after
+    /// a restore, notifications the guest made before the save are gone
+    /// with the old eventfds, and the chains they announced still wait.
+    kick_at_start: Vec<(String, Arc<Mutex<dyn VirtioDevice>>)>,
 }
 
 impl EventLoop {
@@ -42,7 +100,27 @@ impl EventLoop {
         Ok(EventLoop {
             epoll: Epoll::new()?,
             sources: Vec::new(),
+            control: None,
+            kick_at_start: Vec::new(),
         })
+    }
+
+    /// The handle that pauses and resumes this loop once it runs.
+    pub fn handle(&mut self) -> io::Result<LoopHandle> {
+        let (tx, rx) = mpsc::channel();
+        let wake = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+        self.add(
+            wake.as_raw_fd(),
+            EventSet::IN,
+            Source::Control(wake.try_clone()?),
+        )?;
+        self.control = Some(rx);
+        Ok(LoopHandle { requests: tx, wake })
+    }
+
+    /// Processes every queue of `device` once when the loop starts.
+    pub fn kick_at_start(&mut self, name: &str, device: Arc<Mutex<dyn VirtioDevice>>) {
+        self.kick_at_start.push((name.to_string(), device));
     }
 
     fn add(&mut self, fd: RawFd, events: EventSet, source: Source) -> io::Result<()> {
@@ -95,13 +173,30 @@ impl EventLoop {
     }
 
     /// Runs until `exit` is signalled (its eventfd `stop` becomes readable).
-    pub fn run(mut self, exit: Arc<ExitSignal>, stop: EventFd) {
+    /// With `start_paused` it first waits for a resume, touching nothing.
+    pub fn run(mut self, exit: Arc<ExitSignal>, stop: EventFd, start_paused: bool) {
         if let Err(e) = self.add(stop.as_raw_fd(), EventSet::IN, Source::Stop(stop)) {
             exit.signal(VmExit::Failed(format!(
                 "the device thread cannot watch its stop event: {e}"
             )));
             return;
         }
+        if start_paused && !self.park() {
+            return;
+        }
+        for (name, device) in std::mem::take(&mut self.kick_at_start) {
+            let mut dev = lock(&device, &name);
+            if dev.common().activated {
+                let ready: Vec<u16> = (0..dev.common().queues.len())
+                    .filter(|&q| dev.common().queues[q].ready())
+                    .map(|q| q as u16)
+                    .collect();
+                for q in ready {
+                    dev.queue_notify(q);
+                }
+            }
+        }
+        self.after_resume();
         let mut events = vec![EpollEvent::default(); 64];
         while !exit.is_set() {
             let n = match self.epoll.wait(-1, &mut events) {
@@ -174,7 +269,64 @@ impl EventLoop {
                 let _ = evt.read();
                 return false;
             }
+            Source::Control(evt) => {
+                let _ = evt.read();
+                return self.serve_control();
+            }
         }
         true
+    }
+
+    /// Answers the VM object's requests; a pause blocks here, so that no
+    /// other source is served until the resume. False ends the loop.
+    fn serve_control(&mut self) -> bool {
+        loop {
+            let Some(control) = &self.control else {
+                return true;
+            };
+            match control.try_recv() {
+                Ok(LoopRequest::Pause(ack)) => {
+                    let _ = ack.send(());
+                    if !self.park() {
+                        return false;
+                    }
+                }
+                Ok(LoopRequest::Resume(ack)) => {
+                    let _ = ack.send(());
+                }
+                Err(mpsc::TryRecvError::Empty) => return true,
+                Err(mpsc::TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    /// Blocks until a resume; false when the VM object is gone.
+    fn park(&mut self) -> bool {
+        let Some(control) = &self.control else {
+            return true;
+        };
+        loop {
+            match control.recv() {
+                Ok(LoopRequest::Pause(ack)) => {
+                    let _ = ack.send(());
+                }
+                Ok(LoopRequest::Resume(ack)) => {
+                    let _ = ack.send(());
+                    self.after_resume();
+                    return true;
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Packets that reached a TAP while paused (or while the VM was being
+    /// built) raised their edge already: the TAP is edge-triggered.
+    fn after_resume(&self) {
+        for source in &self.sources {
+            if let Source::Tap { name, net } = source {
+                lock(net, name).process_rx();
+            }
+        }
     }
 }

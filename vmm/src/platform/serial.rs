@@ -3,6 +3,8 @@
 use std::io::{self, Write};
 
 use log::warn;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::SerialState;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -22,6 +24,24 @@ impl Trigger for IrqTrigger {
 /// console or a log read by another process sees it at once.
 pub type SerialOut = Box<dyn Write + Send>;
 
+/// The UART's registers and receive FIFO (vm-superio's state, serializable).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+/// The 16550A's receive FIFO depth in vm-superio.
+const FIFO_SIZE: usize = 64;
+
 pub struct SerialDevice {
     uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, SerialOut>,
 }
@@ -30,6 +50,48 @@ impl SerialDevice {
     pub fn new(irq: EventFd, out: SerialOut) -> Self {
         SerialDevice {
             uart: Serial::new(IrqTrigger(irq), out),
+        }
+    }
+
+    /// A UART with saved registers; output goes to `out` (which may differ
+    /// from where the saved VM wrote).
+    pub fn restore(irq: EventFd, out: SerialOut, s: &ComState) -> Result<Self, String> {
+        if s.in_buffer.len() > FIFO_SIZE {
+            return Err(format!(
+                "COM1: {} bytes in a receive FIFO of {FIFO_SIZE}",
+                s.in_buffer.len()
+            ));
+        }
+        let state = SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&state, IrqTrigger(irq), vm_superio::serial::NoEvents, out)
+            .map_err(|e| format!("COM1: saved state refused: {e:?}"))?;
+        Ok(SerialDevice { uart })
+    }
+
+    pub fn save(&self) -> ComState {
+        let s = self.uart.state();
+        ComState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
         }
     }
 

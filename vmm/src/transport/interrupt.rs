@@ -47,6 +47,12 @@ impl MmioInterrupt {
         self.status.store(0, Ordering::SeqCst);
     }
 
+    /// Sets `bits` of InterruptStatus and signals the irqfd.
+    pub fn raise(&self, bits: u32) -> io::Result<()> {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        self.irq_evt.write(1)
+    }
+
     pub fn irq_evt(&self) -> &EventFd {
         &self.irq_evt
     }

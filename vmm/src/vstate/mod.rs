@@ -4,8 +4,10 @@
 mod cpuid;
 mod regs;
 pub mod vcpu;
+pub mod vcpu_state;
 pub mod vm;
 
 pub use regs::EntryMode;
 pub use vcpu::{BootEntry, Vcpu, VcpuError};
-pub use vm::{Vm, VmError};
+pub use vcpu_state::{VcpuState, VcpuStateError};
+pub use vm::{Vm, VmError, VmState};

@@ -1,6 +1,9 @@
 //! A vCPU: its boot state and its run loop.
 
-use std::sync::Arc;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Once};
 
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
@@ -13,6 +16,7 @@ use vm_memory::GuestMemory;
 
 use super::cpuid;
 use super::regs::{self, EntryMode};
+use super::vcpu_state::{VcpuState, VcpuStateError};
 use super::vm::Vm;
 use crate::bus::Bus;
 use crate::exit::{ExitSignal, VmExit};
@@ -74,6 +78,36 @@ impl Vcpu {
         cpus: u8,
         boot: Option<(&M, BootEntry)>,
     ) -> Result<Vcpu, VcpuError> {
+        let vcpu = Vcpu::create(vm, index)?;
+        vcpu.configure_for_boot(supported, cpus, boot)?;
+        Ok(vcpu)
+    }
+
+    /// A vCPU with nothing set: a restore writes all of its state.
+    pub fn create(vm: &Vm, index: u8) -> Result<Vcpu, VcpuError> {
+        let fd = vm
+            .fd()
+            .create_vcpu(u64::from(index))
+            .map_err(|source| VcpuError::Kvm {
+                index,
+                what: "creating it",
+                source,
+            })?;
+        Ok(Vcpu { index, fd })
+    }
+
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    fn configure_for_boot<M: GuestMemory>(
+        &self,
+        supported: &CpuId,
+        cpus: u8,
+        boot: Option<(&M, BootEntry)>,
+    ) -> Result<(), VcpuError> {
+        let index = self.index;
+        let fd = &self.fd;
         let kvm_err = |what| {
             move |source| VcpuError::Kvm {
                 index,
@@ -81,10 +115,6 @@ impl Vcpu {
                 source,
             }
         };
-        let fd = vm
-            .fd()
-            .create_vcpu(u64::from(index))
-            .map_err(kvm_err("creating it"))?;
 
         let mut cpuid = supported.clone();
         cpuid::patch(&mut cpuid, index, cpus);
@@ -125,78 +155,147 @@ impl Vcpu {
             fd.set_regs(&regs::entry_regs(entry.mode, entry.entry, entry.boot_info))
                 .map_err(kvm_err("setting registers"))?;
         }
-        Ok(Vcpu { index, fd })
+        Ok(())
     }
 
-    /// Runs the vCPU until the VM ends; I/O exits go to the buses.
-    pub fn run(mut self, pio: Arc<Bus>, mmio: Arc<Bus>, exit: Arc<ExitSignal>) {
-        let index = self.index;
-        while !exit.is_set() {
-            let outcome = match self.fd.run() {
-                Ok(VcpuExit::IoIn(port, data)) => {
-                    pio.read(u64::from(port), data);
-                    None
+    /// Runs the vCPU on the calling thread under `ctl`'s requests: it runs
+    /// the guest, parks when asked to pause, saves its state while parked,
+    /// and parks for good once the VM has ended. I/O exits go to the buses.
+    pub fn run(
+        mut self,
+        ctl: VcpuThreadControl,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        exit: Arc<ExitSignal>,
+    ) {
+        ctl.tid.store(gettid(), Ordering::Release);
+        let run_ptr: *mut kvm_bindings::kvm_run = self.fd.get_kvm_run();
+        // SAFETY: the kvm_run mapping lives as long as `self.fd`, and the
+        // pointer is cleared below before `self` is dropped.
+        KVM_RUN.with(|c| c.set(unsafe { &raw mut (*run_ptr).immediate_exit }));
+        let mut paused = ctl.start_paused;
+        loop {
+            if paused || exit.is_set() {
+                match ctl.requests.recv() {
+                    Ok(r) => self.handle(r, &ctl, &mut paused, exit.is_set()),
+                    // The VM object is gone: nothing will resume this vCPU.
+                    Err(_) => break,
                 }
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    pio.write(u64::from(port), data);
-                    None
+                continue;
+            }
+            if ctl.pending.swap(false, Ordering::AcqRel) {
+                while let Ok(r) = ctl.requests.try_recv() {
+                    self.handle(r, &ctl, &mut paused, false);
                 }
-                Ok(VcpuExit::MmioRead(addr, data)) => {
-                    if !mmio.read(addr, data) {
-                        debug!("vCPU {index}: MMIO read at {addr:#x} hits no device");
-                    }
-                    None
-                }
-                Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    if !mmio.write(addr, data) {
-                        debug!("vCPU {index}: MMIO write at {addr:#x} hits no device");
-                    }
-                    None
-                }
-                Ok(VcpuExit::Hlt) => {
-                    // The in-kernel LAPIC handles HLT; this exit is spurious.
-                    debug!("vCPU {index}: HLT exit");
-                    None
-                }
-                Ok(VcpuExit::Shutdown) => {
-                    warn!(
-                        "vCPU {index}: triple fault; the guest is reset ({})",
-                        self.describe_state()
-                    );
-                    Some(VmExit::Reboot)
-                }
-                Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
-                    KVM_SYSTEM_EVENT_SHUTDOWN => Some(VmExit::PowerOff),
-                    KVM_SYSTEM_EVENT_RESET => Some(VmExit::Reboot),
-                    KVM_SYSTEM_EVENT_CRASH => Some(VmExit::Failed(format!(
-                        "vCPU {index}: the guest reported a crash"
-                    ))),
-                    other => {
-                        warn!("vCPU {index}: unknown system event {other}; ignored");
-                        None
-                    }
-                },
-                Ok(VcpuExit::FailEntry(reason, cpu)) => Some(VmExit::Failed(format!(
-                    "vCPU {index}: KVM could not enter the guest (hardware reason {reason:#x} on host CPU {cpu})"
-                ))),
-                Ok(VcpuExit::InternalError) => Some(VmExit::Failed(format!(
-                    "vCPU {index}: KVM internal error (often an instruction KVM cannot emulate; {})",
-                    self.describe_state()
-                ))),
-                Ok(VcpuExit::Intr) => None,
-                Ok(other) => {
-                    warn!("vCPU {index}: unexpected exit {other:?}; ignored");
-                    None
-                }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
-                Err(e) => Some(VmExit::Failed(format!("vCPU {index}: KVM_RUN failed: {e}"))),
-            };
-            if let Some(why) = outcome {
+                continue;
+            }
+            if let Some(why) = self.run_once(&pio, &mmio) {
                 if let VmExit::Failed(msg) = &why {
                     error!("{msg}");
                 }
                 exit.signal(why);
             }
+        }
+        KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
+    }
+
+    fn handle(&mut self, r: VcpuRequest, ctl: &VcpuThreadControl, paused: &mut bool, ended: bool) {
+        let index = self.index;
+        match r {
+            VcpuRequest::Pause => {
+                if !*paused && !ended {
+                    // Tells a guest using kvmclock that it was stopped, so its
+                    // watchdogs do not report the gap as a soft lockup.
+                    if let Err(e) = self.fd.kvmclock_ctrl() {
+                        debug!("vCPU {index}: KVM_KVMCLOCK_CTRL: {e} (the guest does not use kvmclock)");
+                    }
+                }
+                *paused = true;
+                let _ = ctl.replies.send((index, VcpuReply::Paused));
+            }
+            VcpuRequest::Resume => {
+                *paused = false;
+                let _ = ctl.replies.send((index, VcpuReply::Resumed));
+            }
+            VcpuRequest::Save(reply) => {
+                let state = if *paused || ended {
+                    VcpuState::save(index, &self.fd, &ctl.msr_list)
+                } else {
+                    Err(VcpuStateError::Invalid {
+                        index,
+                        reason: "asked to save while running".into(),
+                    })
+                };
+                let _ = reply.send(state);
+            }
+        }
+    }
+
+    /// One KVM_RUN and the exit it returned; Some when the VM must end.
+    fn run_once(&mut self, pio: &Bus, mmio: &Bus) -> Option<VmExit> {
+        let index = self.index;
+        match self.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                pio.read(u64::from(port), data);
+                None
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                pio.write(u64::from(port), data);
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !mmio.read(addr, data) {
+                    debug!("vCPU {index}: MMIO read at {addr:#x} hits no device");
+                }
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if !mmio.write(addr, data) {
+                    debug!("vCPU {index}: MMIO write at {addr:#x} hits no device");
+                }
+                None
+            }
+            Ok(VcpuExit::Hlt) => {
+                // The in-kernel LAPIC handles HLT; this exit is spurious.
+                debug!("vCPU {index}: HLT exit");
+                None
+            }
+            Ok(VcpuExit::Shutdown) => {
+                warn!(
+                    "vCPU {index}: triple fault; the guest is reset ({})",
+                    self.describe_state()
+                );
+                Some(VmExit::Reboot)
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => Some(VmExit::PowerOff),
+                KVM_SYSTEM_EVENT_RESET => Some(VmExit::Reboot),
+                KVM_SYSTEM_EVENT_CRASH => Some(VmExit::Failed(format!(
+                    "vCPU {index}: the guest reported a crash"
+                ))),
+                other => {
+                    warn!("vCPU {index}: unknown system event {other}; ignored");
+                    None
+                }
+            },
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(VmExit::Failed(format!(
+                "vCPU {index}: KVM could not enter the guest (hardware reason {reason:#x} on host CPU {cpu})"
+            ))),
+            Ok(VcpuExit::InternalError) => Some(VmExit::Failed(format!(
+                "vCPU {index}: KVM internal error (often an instruction KVM cannot emulate; {})",
+                self.describe_state()
+            ))),
+            Ok(VcpuExit::Intr) => None,
+            Ok(other) => {
+                warn!("vCPU {index}: unexpected exit {other:?}; ignored");
+                None
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // A kick: immediate_exit did its job; the next KVM_RUN must enter.
+                self.fd.set_kvm_immediate_exit(0);
+                None
+            }
+            Err(e) => Some(VmExit::Failed(format!("vCPU {index}: KVM_RUN failed: {e}"))),
         }
     }
 }
@@ -234,4 +333,68 @@ fn set_lvt_mode(regs: &mut [std::os::raw::c_char; 1024], offset: usize, mode: u3
     for (i, x) in v.to_le_bytes().iter().enumerate() {
         regs[offset + i] = *x as std::os::raw::c_char;
     }
+}
+
+/// What the VM object asks of a vCPU thread.
+pub enum VcpuRequest {
+    /// Leave KVM_RUN and park; answered with [`VcpuReply::Paused`].
+    Pause,
+    /// Run the guest again; answered with [`VcpuReply::Resumed`].
+    Resume,
+    /// Read the vCPU's state (it must be parked).
+    Save(Sender<Result<VcpuState, VcpuStateError>>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuReply {
+    Paused,
+    Resumed,
+}
+
+/// The vCPU thread's side of its control channel.
+pub struct VcpuThreadControl {
+    pub requests: Receiver<VcpuRequest>,
+    /// Set after every request sent: checked once per exit instead of the channel.
+    pub pending: Arc<AtomicBool>,
+    pub replies: Sender<(u8, VcpuReply)>,
+    /// The thread's kernel id, for query-cpus-fast.
+    pub tid: Arc<AtomicI32>,
+    pub msr_list: Arc<Vec<u32>>,
+    pub start_paused: bool,
+}
+
+thread_local! {
+    /// This thread's vCPU `immediate_exit` byte, for the kick signal's handler.
+    static KVM_RUN: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The real-time signal that kicks a vCPU thread out of KVM_RUN.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // With immediate_exit set, a kick that lands just before KVM_RUN still
+    // makes it return at once instead of being lost.
+    let p = KVM_RUN.with(Cell::get);
+    if !p.is_null() {
+        // SAFETY: set by this thread's `Vcpu::run` to its live kvm_run.
+        unsafe { std::ptr::write_volatile(p, 1) };
+    }
+}
+
+/// Installs the kick handler once per process, before any vCPU thread starts.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
+    });
+    result
+}
+
+fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
 }

@@ -1,8 +1,12 @@
 //! The KVM VM: in-kernel IOAPIC/PIC/LAPICs and PIT, guest RAM slots.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use log::debug;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -43,6 +47,8 @@ pub enum VmError {
     },
     #[error("the host KVM allows {max} memory slots, and the guest RAM needs {needed}")]
     TooManySlots { max: usize, needed: usize },
+    #[error("saved VM state is inconsistent: {0}")]
+    BadState(String),
     #[error(
         "{cpus} vCPUs asked, and this host's KVM allows at most {max}; use --cpus {max} or fewer"
     )]
@@ -52,6 +58,24 @@ pub enum VmError {
 pub struct Vm {
     kvm: Kvm,
     fd: VmFd,
+}
+
+/// What KVM holds for the VM as a whole: the in-kernel PICs and IOAPIC,
+/// the PIT and the kvmclock.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmState {
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+    pub pit: kvm_pit_state2,
+    pub clock: kvm_clock_data,
+}
+
+fn irqchip(chip_id: u32) -> kvm_irqchip {
+    kvm_irqchip {
+        chip_id,
+        ..Default::default()
+    }
 }
 
 impl Vm {
@@ -101,6 +125,71 @@ impl Vm {
         };
         setup("the in-kernel PIT", fd.create_pit2(pit))?;
         Ok(Vm { kvm, fd })
+    }
+
+    /// Reads the VM-wide state; the vCPUs must be paused.
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        let setup = |what| move |source| VmError::Setup { what, source };
+        let mut pic_master = irqchip(KVM_IRQCHIP_PIC_MASTER);
+        let mut pic_slave = irqchip(KVM_IRQCHIP_PIC_SLAVE);
+        let mut ioapic = irqchip(KVM_IRQCHIP_IOAPIC);
+        self.fd
+            .get_irqchip(&mut pic_master)
+            .map_err(setup("reading the master PIC"))?;
+        self.fd
+            .get_irqchip(&mut pic_slave)
+            .map_err(setup("reading the slave PIC"))?;
+        self.fd
+            .get_irqchip(&mut ioapic)
+            .map_err(setup("reading the IOAPIC"))?;
+        let pit = self.fd.get_pit2().map_err(setup("reading the PIT"))?;
+        let clock = self.fd.get_clock().map_err(setup("reading the kvmclock"))?;
+        Ok(VmState {
+            pic_master,
+            pic_slave,
+            ioapic,
+            pit,
+            clock,
+        })
+    }
+
+    /// Writes saved VM-wide state into this (new) VM before any vCPU runs.
+    pub fn restore_state(&self, state: &VmState) -> Result<(), VmError> {
+        let setup = |what| move |source| VmError::Setup { what, source };
+        for (chip, id, what) in [
+            (
+                &state.pic_master,
+                KVM_IRQCHIP_PIC_MASTER,
+                "restoring the master PIC",
+            ),
+            (
+                &state.pic_slave,
+                KVM_IRQCHIP_PIC_SLAVE,
+                "restoring the slave PIC",
+            ),
+            (&state.ioapic, KVM_IRQCHIP_IOAPIC, "restoring the IOAPIC"),
+        ] {
+            if chip.chip_id != id {
+                return Err(VmError::BadState(format!(
+                    "{what}: the saved chip id is {}, expected {id}",
+                    chip.chip_id
+                )));
+            }
+            self.fd.set_irqchip(chip).map_err(setup(what))?;
+        }
+        self.fd
+            .set_pit2(&state.pit)
+            .map_err(setup("restoring the PIT"))?;
+        // KVM refuses flags it only reports (TSC_STABLE and friends).
+        let clock = kvm_clock_data {
+            clock: state.clock.clock,
+            flags: 0,
+            ..Default::default()
+        };
+        self.fd
+            .set_clock(&clock)
+            .map_err(setup("restoring the kvmclock"))?;
+        Ok(())
     }
 
     pub fn kvm(&self) -> &Kvm {

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use devices::virtio::{VirtioDevice, VirtioInterrupt, STATUS_DRIVER, STATUS_DRIVER_OK};
 use log::{error, warn};
+use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -64,6 +65,18 @@ pub const CONFIG_GENERATION_OFFSET: u64 = 0x0fc;
 /// Start of the device-specific configuration space, which runs to the end of the window.
 pub const CONFIG_SPACE_OFFSET: u64 = 0x100;
 
+/// The transport's own registers; the device's state is saved beside it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmioTransportState {
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub queue_sel: u32,
+    pub shm_sel: u32,
+    /// InterruptStatus: a cause the driver has not acknowledged yet must
+    /// survive, or the guest would never see that completion.
+    pub interrupt_status: u32,
+}
+
 /// One virtio device behind a virtio-mmio register window.
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
@@ -101,6 +114,39 @@ impl MmioTransport {
             queue_sel: 0,
             shm_sel: 0,
         })
+    }
+
+    pub fn save_state(&self) -> MmioTransportState {
+        MmioTransportState {
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            queue_sel: self.queue_sel,
+            shm_sel: self.shm_sel,
+            interrupt_status: self.interrupt.status(),
+        }
+    }
+
+    /// Applies saved registers to a transport built around the restored
+    /// device. A pending interrupt is raised again: if the guest had not
+    /// taken it yet, it must not wait for a completion that already happened.
+    pub fn restore_state(&mut self, s: &MmioTransportState) -> Result<(), String> {
+        if s.interrupt_status & !VIRTIO_MMIO_INT_ALL != 0 {
+            return Err(format!(
+                "InterruptStatus {:#x} has bits virtio-mmio does not define",
+                s.interrupt_status
+            ));
+        }
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.queue_sel = s.queue_sel;
+        self.shm_sel = s.shm_sel;
+        self.interrupt.clear();
+        if s.interrupt_status != 0 {
+            self.interrupt
+                .raise(s.interrupt_status)
+                .map_err(|e| format!("raising the pending interrupt again failed: {e}"))?;
+        }
+        Ok(())
     }
 
     pub fn device(&self) -> &Arc<Mutex<dyn VirtioDevice>> {
