@@ -77,6 +77,9 @@ pub struct VmConfig {
     pub balloon: Option<BalloonConfig>,
     pub virtio_mems: Vec<MemConfig>,
     pub serial: SerialConfig,
+    /// Per NIC: whether `mac=` was given. A restore keeps the saved MAC of a
+    /// NIC whose MAC was made up at random on the command line.
+    pub mac_given: Vec<bool>,
 }
 
 /// The raw option strings, as clap collected them.
@@ -250,6 +253,7 @@ impl VmConfig {
         }
 
         let mut nets = Vec::new();
+        let mut mac_given = Vec::new();
         for (i, text) in raw.nets.iter().enumerate() {
             let kv = KvList::parse(
                 "--net",
@@ -273,6 +277,7 @@ impl VmConfig {
                     )
                     .into());
             }
+            mac_given.push(kv.get("mac").is_some());
             let mac = match kv.get("mac") {
                 Some(m) => parse_mac(&kv, m)?,
                 None => random_mac(),
@@ -410,6 +415,7 @@ impl VmConfig {
             balloon,
             virtio_mems,
             serial,
+            mac_given,
         })
     }
 
@@ -486,15 +492,22 @@ impl VmConfig {
     /// Everything that can be checked before the VM starts, in the order a
     /// user would fix it: backings and policy first, then files.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_except_kernel()?;
+        check_kernel(&self.kernel)?;
+        if let Some(initrd) = &self.initrd {
+            check_readable("--initrd", initrd)?;
+        }
+        Ok(())
+    }
+
+    /// As [`VmConfig::validate`], for a VM restored from a snapshot: the
+    /// kernel and initrd are not loaded (their content is in the saved RAM).
+    pub fn validate_except_kernel(&self) -> Result<(), ConfigError> {
         let backings = self.ram_backings()?;
         policy::check(&self.ram_requirements(), &backings, Operation::Run)?;
         devices::ram::preflight("--memory", &self.memory.backing, self.memory.size)?;
         for m in &self.virtio_mems {
             devices::ram::preflight(&format!("--virtio-mem id={}", m.id), &m.backing, m.size)?;
-        }
-        check_kernel(&self.kernel)?;
-        if let Some(initrd) = &self.initrd {
-            check_readable("--initrd", initrd)?;
         }
         for d in &self.disks {
             check_disk(d)?;

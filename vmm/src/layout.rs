@@ -48,6 +48,10 @@ pub const MAX_VIRTIO_DEVICES: usize = (IOAPIC_LAST_IRQ - VIRTIO_FIRST_IRQ + 1) a
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
 pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
 pub const ACPI_RESET_PORT: u16 = 0x602;
+/// The Generic Event Device's event register (one byte, read clears it)
+/// and its interrupt: an ISA pin nothing else uses (COM2's).
+pub const GED_PORT: u16 = 0x603;
+pub const GED_GSI: u32 = 3;
 /// Value written to the reset register to reboot.
 pub const ACPI_RESET_VALUE: u8 = 0x1;
 /// SLP_TYP of S5 (soft off) in the DSDT's \_S5 package: the guest writes

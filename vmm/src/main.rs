@@ -36,8 +36,9 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// Guest kernel: a bzImage (e.g. /boot/vmlinuz-*) or an ELF vmlinux (booted through PVH).
-    #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    /// Required unless --incoming restores a snapshot (whose RAM holds the kernel).
+    #[arg(long, value_name = "PATH", required_unless_present = "incoming")]
+    kernel: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
@@ -83,6 +84,19 @@ struct RunArgs {
     /// Where COM1 goes: stdio, file=PATH or off.
     #[arg(long, value_name = "stdio|file=P|off", default_value = "stdio")]
     serial: String,
+    /// QMP control socket (QEMU's protocol): unix:PATH, or unix:fd=N for a
+    /// listening socket inherited from the parent.
+    #[arg(long, value_name = "unix:PATH")]
+    qmp: Option<String>,
+    /// Restore instead of booting: file:PATH or exec:CMD (the snapshot is
+    /// read from CMD's stdout), or defer to wait for QMP migrate-incoming.
+    /// The command line must describe the saved VM; see docs/snapshots.md.
+    #[arg(long, value_name = "defer|file:PATH|exec:CMD")]
+    incoming: Option<String>,
+    /// Start paused (QEMU's -S): the vCPUs wait for QMP cont. A restored VM
+    /// that was saved running also waits.
+    #[arg(short = 'S', long = "paused")]
+    paused: bool,
     /// Validate everything (options, files, the RAM policy), print the resolved
     /// configuration and exit. Starts nothing and needs no /dev/kvm.
     #[arg(long)]
@@ -91,7 +105,7 @@ struct RunArgs {
 
 fn run(args: RunArgs) -> ExitCode {
     let raw = RawOptions {
-        kernel: args.kernel,
+        kernel: args.kernel.unwrap_or_default(),
         initrd: args.initrd,
         cmdline: args.cmdline,
         cpus: args.cpus,

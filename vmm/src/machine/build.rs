@@ -20,12 +20,13 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{DeviceHandle, Machine, MachineError, Vcpus, VirtioSlot};
 use crate::boot::acpi::{self, AcpiPlatform};
 use crate::boot::loader::{self, BootSpec};
-use crate::bus::{Bus, BusDevice};
+use crate::bus::{lock, Bus, BusDevice};
 use crate::config::{SerialConfig, VmConfig};
 use crate::event_loop::EventLoop;
 use crate::exit::{ExitSignal, VmExit};
 use crate::layout;
 use crate::memory::build_guest_ram;
+use crate::platform::ged::{Ged, GedState};
 use crate::platform::power::{AcpiPower, I8042Reset};
 use crate::platform::serial::{ComState, SerialDevice, SerialOut};
 use crate::platform::terminal::RawStdin;
@@ -148,6 +149,7 @@ pub struct Restored {
     pub vm: VmState,
     pub vcpus: Vec<VcpuState>,
     pub com1: Option<ComState>,
+    pub ged: GedState,
     /// One per virtio device, in window order: the transport's registers
     /// and the device's own saved bytes.
     pub devices: Vec<(MmioTransportState, Vec<u8>)>,
@@ -318,6 +320,21 @@ fn assemble(
         u64::from(layout::ACPI_SLEEP_CONTROL_PORT),
         AcpiPower::LEN,
     )?;
+    let ged_irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+        .map_err(host("creating the GED interrupt eventfd"))?;
+    vm.register_irqfd(&ged_irq, layout::GED_GSI)?;
+    let ged = Arc::new(Mutex::new(Ged::new(ged_irq)));
+    if let Some(s) = saved {
+        lock(&ged, "GED")
+            .restore(s.ged)
+            .map_err(host("raising a restored GED event"))?;
+    }
+    pio.insert(
+        "Generic Event Device",
+        ged.clone(),
+        u64::from(layout::GED_PORT),
+        1,
+    )?;
     pio.insert(
         "i8042 reset",
         Arc::new(Mutex::new(I8042Reset::new(exit.clone()))),
@@ -416,6 +433,7 @@ fn assemble(
         exit,
         slots,
         serial,
+        ged,
         vcpus,
         device_loop,
         stop_loop: stop,

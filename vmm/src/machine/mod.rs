@@ -23,6 +23,7 @@ use crate::bus::lock;
 use crate::config::VmConfig;
 use crate::event_loop::LoopHandle;
 use crate::exit::{ExitSignal, VmExit};
+use crate::platform::ged::{Ged, EVENT_POWER_BUTTON};
 use crate::platform::serial::SerialDevice;
 use crate::transport::MmioTransport;
 use crate::vstate::{self, Vm};
@@ -94,6 +95,7 @@ pub struct Machine {
     pub exit: Arc<ExitSignal>,
     pub slots: Vec<VirtioSlot>,
     pub serial: Option<Arc<Mutex<SerialDevice>>>,
+    pub ged: Arc<Mutex<Ged>>,
     pub vcpus: Vcpus,
     device_loop: LoopHandle,
     /// Written when the VM ends: the device thread leaves its loop.
@@ -159,6 +161,17 @@ impl Machine {
         if let Some(com1) = &self.serial {
             lock(com1, "COM1").flush();
         }
+    }
+
+    /// Presses the ACPI power button: a guest that handles it shuts down.
+    pub fn power_button(&self) -> Result<(), MachineError> {
+        self.check_alive()?;
+        lock(&self.ged, "GED")
+            .raise(EVENT_POWER_BUTTON)
+            .map_err(|source| MachineError::Host {
+                what: "raising the power button event",
+                source,
+            })
     }
 
     pub fn device(&self, id: &str) -> Option<&DeviceHandle> {

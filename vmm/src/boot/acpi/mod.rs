@@ -21,8 +21,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
 use crate::layout::{
     ACPI_END, ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
-    ACPI_START, COM1_IRQ, COM1_PORT, IOAPIC_LAST_IRQ, MAX_VIRTIO_DEVICES, S5_SLP_TYP,
-    VIRTIO_MMIO_SIZE,
+    ACPI_START, COM1_IRQ, COM1_PORT, GED_GSI, GED_PORT, IOAPIC_LAST_IRQ, MAX_VIRTIO_DEVICES,
+    S5_SLP_TYP, VIRTIO_MMIO_SIZE,
 };
 
 #[cfg(test)]
@@ -245,6 +245,9 @@ fn check_platform(p: &AcpiPlatform) -> Result<(), AcpiError> {
         if gsi == COM1_IRQ {
             return Err(bad_gsi("belongs to COM1"));
         }
+        if gsi == GED_GSI {
+            return Err(bad_gsi("belongs to the Generic Event Device"));
+        }
         if earlier.iter().any(|&(_, g)| g == gsi) {
             return Err(bad_gsi("belongs to another virtio-mmio device"));
         }
@@ -321,6 +324,7 @@ fn xsdt(entries: &[u64]) -> Vec<u8> {
 fn dsdt(p: &AcpiPlatform) -> Vec<u8> {
     let mut sb = Vec::new();
     com1_aml(&mut sb);
+    ged_aml(&mut sb);
     for (index, &(base, gsi)) in p.virtio_mmio.iter().enumerate() {
         virtio_mmio_aml(index, base, gsi, &mut sb);
     }
@@ -355,6 +359,51 @@ fn com1_aml(sink: &mut Vec<u8>) {
             &aml::Name::new("_UID".into(), &0u8),
             &aml::Name::new("_DDN".into(), &"COM1"),
             &aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&io, &irq])),
+        ],
+    )
+    .to_aml_bytes(sink);
+}
+
+/// The Generic Event Device (ACPI0013) through which a hardware-reduced
+/// platform raises events, and the power button it notifies. On the GED's
+/// interrupt Linux runs `_EVT`, which reads (and so clears) the event
+/// register and notifies the devices whose bits are set.
+fn ged_aml(sink: &mut Vec<u8>) {
+    let irq = aml::Interrupt::new(true, true, false, false, GED_GSI);
+    let port = u64::from(GED_PORT);
+    let gevt = aml::Path::new("GEVT");
+    let pwrb = aml::Path::new("\\_SB_.PWRB");
+    let read = aml::Store::new(&aml::Local(0), &gevt);
+    let power_bit = aml::And::new(
+        &aml::ZERO,
+        &aml::Local(0),
+        &crate::platform::ged::EVENT_POWER_BUTTON,
+    );
+    let notify_power = aml::Notify::new(&pwrb, &0x80u8);
+    let on_power = aml::If::new(&power_bit, vec![&notify_power]);
+    aml::Device::new(
+        "GED0".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &"ACPI0013"),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&irq])),
+            &aml::OpRegion::new("GDST".into(), aml::OpRegionSpace::SystemIO, &port, &1u8),
+            &aml::Field::new(
+                "GDST".into(),
+                aml::FieldAccessType::Byte,
+                aml::FieldLockRule::NoLock,
+                aml::FieldUpdateRule::WriteAsZeroes,
+                vec![aml::FieldEntry::Named(*b"GEVT", 8)],
+            ),
+            &aml::Method::new("_EVT".into(), 1, true, vec![&read, &on_power]),
+        ],
+    )
+    .to_aml_bytes(sink);
+    aml::Device::new(
+        "PWRB".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C")),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
         ],
     )
     .to_aml_bytes(sink);

@@ -433,6 +433,22 @@ fn iasl_decodes_the_dsdt_devices_and_s5() {
     }
     assert!(!dsl.contains("Device (V003)"), "{dsl}");
 
+    let ged = device_block(&dsl, "GED0");
+    for want in [
+        "Name (_HID, \"ACPI0013\"",
+        "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
+        "0x00000003,",
+        "OperationRegion (GDST, SystemIO, 0x0603, One)",
+        "GEVT,   8",
+        "Method (_EVT, 1, Serialized)",
+        "Local0 = GEVT",
+        "Notify (\\_SB.PWRB, 0x80)",
+    ] {
+        assert!(ged.contains(want), "GED0 lacks {want:?}:\n{ged}");
+    }
+    let pwrb = device_block(&dsl, "PWRB");
+    assert!(pwrb.contains("EisaId (\"PNP0C0C\")"), "{pwrb}");
+
     let s5 = format!("Name (_S5, Package (0x04) {{ 0x{S5_SLP_TYP:02X}, Zero, Zero, Zero }})");
     assert!(squashed.contains(&s5), "no {s5:?} in:\n{dsl}");
     // What Linux then writes to the sleep control register to power off.
