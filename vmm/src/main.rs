@@ -5,7 +5,9 @@ use clap::{Args, Parser, Subcommand};
 use log::{error, info};
 
 use vmm::config::{RawOptions, VmConfig};
+use vmm::control::QmpListen;
 use vmm::exit::VmExit;
+use vmm::lifecycle::{Incoming, RunEnd, RunOptions};
 
 /// A KVM virtual machine monitor built for VM templating: clones of one
 /// template share its RAM file, and setups that would break on such RAM are
@@ -116,23 +118,35 @@ fn run(args: RunArgs) -> ExitCode {
         virtio_mems: args.virtio_mem,
         serial: args.serial,
     };
-    let cfg = match VmConfig::parse(&raw).and_then(|c| c.validate().map(|()| c)) {
+    let incoming = match args.incoming.as_deref().map(Incoming::parse).transpose() {
+        Ok(i) => i,
+        Err(e) => return refuse(&e, 2),
+    };
+    let qmp = match args.qmp.as_deref().map(QmpListen::parse).transpose() {
+        Ok(q) => q,
+        Err(e) => return refuse(&format!("--qmp: {e}"), 2),
+    };
+    // A restore loads no kernel: its content is in the saved RAM.
+    let validate = |c: &VmConfig| match incoming {
+        Some(_) => c.validate_except_kernel(),
+        None => c.validate(),
+    };
+    let cfg = match VmConfig::parse(&raw).and_then(|c| validate(&c).map(|()| c)) {
         Ok(c) => c,
-        Err(e) => {
-            // One line per problem, on stderr, without log decoration: users grep these.
-            for line in e.to_string().lines() {
-                eprintln!("vmm: {line}");
-            }
-            return ExitCode::from(2);
-        }
+        Err(e) => return refuse(&e.to_string(), 2),
     };
     if args.dry_run {
         print!("{}", cfg.describe());
         println!("configuration valid");
         return ExitCode::SUCCESS;
     }
-    match vmm::machine::run(&cfg) {
-        Ok(why) => {
+    let opts = RunOptions {
+        start_paused: args.paused,
+        incoming,
+        qmp,
+    };
+    match vmm::lifecycle::run(cfg, opts) {
+        Ok(RunEnd::Vm(why)) => {
             match &why {
                 VmExit::PowerOff => info!("guest powered off"),
                 VmExit::Reboot => {
@@ -142,13 +156,32 @@ fn run(args: RunArgs) -> ExitCode {
             }
             ExitCode::from(why.status())
         }
-        Err(e) => {
-            for line in e.to_string().lines() {
+        Ok(RunEnd::Quit) => {
+            info!("quit (QMP)");
+            ExitCode::SUCCESS
+        }
+        Ok(RunEnd::IncomingFailed { reason, config }) => {
+            let mut lines = reason.lines();
+            if config {
+                eprintln!("vmm: the snapshot was saved from another VM configuration; nothing was started:");
+            } else if let Some(first) = lines.next() {
+                eprintln!("vmm: restoring the snapshot failed; nothing was started: {first}");
+            }
+            for line in lines {
                 eprintln!("vmm: {line}");
             }
-            ExitCode::from(1)
+            ExitCode::from(if config { 2 } else { 1 })
         }
+        Err(e) => refuse(&e.to_string(), 1),
     }
+}
+
+/// One line per problem, on stderr, without log decoration: users grep these.
+fn refuse(text: &str, status: u8) -> ExitCode {
+    for line in text.lines() {
+        eprintln!("vmm: {line}");
+    }
+    ExitCode::from(status)
 }
 
 fn main() -> ExitCode {

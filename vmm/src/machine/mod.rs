@@ -185,11 +185,3 @@ impl Machine {
         })
     }
 }
-
-/// Boots `cfg` and runs it to its end: the VM without a control socket.
-pub fn run(cfg: &VmConfig) -> Result<VmExit, MachineError> {
-    let m = boot(cfg, false)?;
-    let why = m.exit.wait();
-    m.shut_down();
-    Ok(why)
-}

@@ -338,6 +338,9 @@ pub struct Balloon {
     /// Driver mistakes already logged: they are logged once per device so
     /// that a guest cannot flood the log with them. Not saved.
     warned: Warned,
+    /// Told the guest's memory size (boot RAM minus the balloon) each time
+    /// the driver changes `actual`: QMP's BALLOON_CHANGE. Not saved.
+    actual_listener: Option<Box<dyn Fn(u64) + Send>>,
 }
 
 #[derive(Default)]
@@ -389,12 +392,19 @@ impl Balloon {
             stats_head: None,
             counters: BalloonCounters::default(),
             warned: Warned::default(),
+            actual_listener: None,
         })
     }
 
     /// The configuration, with `target` as last set.
     pub fn config(&self) -> &BalloonConfig {
         &self.config
+    }
+
+    /// Calls `f` with the guest's memory size in bytes whenever the driver
+    /// reports a new balloon size.
+    pub fn set_actual_listener(&mut self, f: Box<dyn Fn(u64) + Send>) {
+        self.actual_listener = Some(f);
     }
 
     /// Asks the guest to shrink (or grow back) to `target` bytes of boot
@@ -881,8 +891,11 @@ impl VirtioDevice for Balloon {
                 "balloon: driver holds {actual} pages (asked for {})",
                 self.num_pages
             );
+            self.actual = actual;
+            if let Some(f) = &self.actual_listener {
+                f(self.actual_bytes());
+            }
         }
-        self.actual = actual;
     }
 
     fn activate(&mut self) -> Result<(), ActivateError> {

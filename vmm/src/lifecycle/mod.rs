@@ -1,0 +1,276 @@
+//! `vmm run` from start to end: boot or restore the VM, serve the control
+//! socket, save and restore on request, and end the process when the guest
+//! or a client ends the VM.
+//!
+//! Run states follow QEMU's names (query-status): `inmigrate` until an
+//! incoming snapshot is restored, `running`, `paused`, `finish-migrate`
+//! while a snapshot is written, `postmigrate` after it was written (the VM
+//! stays stopped until `cont`), `shutdown` once the guest ended.
+
+mod migration;
+mod qmp;
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread;
+
+use log::{error, info, warn};
+use serde_json::{json, Value};
+
+use crate::config::VmConfig;
+use crate::control::{EventSender, QmpListen, QmpServer};
+use crate::exit::{ExitSignal, VmExit};
+use crate::machine::{self, Machine, MachineError};
+use crate::snapshot::uri::StreamUri;
+
+pub use migration::{MigrationInfo, MigrationStatus};
+
+/// Where the VM comes from when it is not booted.
+#[derive(Clone, Debug)]
+pub enum Incoming {
+    /// Wait for QMP migrate-incoming.
+    Defer,
+    Uri(StreamUri),
+}
+
+impl Incoming {
+    pub fn parse(s: &str) -> Result<Incoming, String> {
+        if s == "defer" {
+            return Ok(Incoming::Defer);
+        }
+        StreamUri::parse(s)
+            .map(Incoming::Uri)
+            .map_err(|e| format!("--incoming {s}: {e}; use defer, file:PATH or exec:CMD"))
+    }
+}
+
+pub struct RunOptions {
+    /// -S: the vCPUs wait for `cont`.
+    pub start_paused: bool,
+    pub incoming: Option<Incoming>,
+    pub qmp: Option<QmpListen>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    InMigrate,
+    Running,
+    Paused,
+    FinishMigrate,
+    PostMigrate,
+    Shutdown,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::InMigrate => "inmigrate",
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::FinishMigrate => "finish-migrate",
+            RunState::PostMigrate => "postmigrate",
+            RunState::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// How the process ends.
+#[derive(Clone, Debug)]
+pub enum RunEnd {
+    Vm(VmExit),
+    /// QMP quit.
+    Quit,
+    /// The incoming snapshot given on the command line was refused;
+    /// `config` when because the command line differs from the saved VM.
+    IncomingFailed { reason: String, config: bool },
+}
+
+/// The VM and everything about it that control commands read or change.
+pub struct Controller {
+    cfg: Mutex<VmConfig>,
+    /// -S, or `stop` while in `inmigrate`: a restored VM stays paused.
+    autostart: Mutex<bool>,
+    machine: Mutex<Option<Machine>>,
+    state: Mutex<RunState>,
+    migration: Mutex<MigrationInfo>,
+    events: OnceLock<EventSender>,
+    /// Set once, when the process must end.
+    end: ExitSignal,
+    end_reason: Mutex<Option<RunEnd>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Controller {
+    fn new(cfg: VmConfig, start_paused: bool, state: RunState) -> std::io::Result<Controller> {
+        Ok(Controller {
+            cfg: Mutex::new(cfg),
+            autostart: Mutex::new(!start_paused),
+            machine: Mutex::new(None),
+            state: Mutex::new(state),
+            migration: Mutex::new(MigrationInfo::default()),
+            events: OnceLock::new(),
+            end: ExitSignal::new()?,
+            end_reason: Mutex::new(None),
+        })
+    }
+
+    pub fn state(&self) -> RunState {
+        *lock(&self.state)
+    }
+
+    fn set_state(&self, s: RunState) {
+        *lock(&self.state) = s;
+    }
+
+    pub fn emit(&self, event: &str, data: Option<Value>) {
+        if let Some(e) = self.events.get() {
+            e.emit(event, data);
+        }
+    }
+
+    /// Ends the process with `why` (the first reason wins).
+    pub fn finish(&self, why: RunEnd) {
+        let mut r = lock(&self.end_reason);
+        if r.is_none() {
+            *r = Some(why);
+            self.end.signal(VmExit::PowerOff);
+        }
+    }
+
+    /// Installs a built or restored VM and watches for its end.
+    fn install(self: &Arc<Self>, m: Machine) {
+        let exit = m.exit.clone();
+        *lock(&self.machine) = Some(m);
+        qmp::watch_balloon(self);
+        let me = self.clone();
+        let spawned = thread::Builder::new()
+            .name("vm-watch".into())
+            .spawn(move || {
+                let why = exit.wait();
+                me.on_vm_end(why);
+            });
+        if let Err(e) = spawned {
+            error!("cannot watch the VM for its end: {e}");
+            self.finish(RunEnd::Vm(VmExit::Failed(format!(
+                "starting the VM watcher thread failed: {e}"
+            ))));
+        }
+    }
+
+    /// The guest ended the VM (power-off, reset, failure).
+    fn on_vm_end(&self, why: VmExit) {
+        if let Some(m) = lock(&self.machine).as_ref() {
+            m.shut_down();
+        }
+        self.set_state(RunState::Shutdown);
+        let reason = match &why {
+            VmExit::PowerOff => "guest-shutdown",
+            VmExit::Reboot => "guest-reset",
+            VmExit::Failed(_) => "guest-panic",
+        };
+        self.emit("SHUTDOWN", Some(json!({"guest": true, "reason": reason})));
+        self.finish(RunEnd::Vm(why));
+    }
+
+    /// Runs `f` on the VM; an error when there is none yet (inmigrate).
+    pub fn with_machine<T>(
+        &self,
+        f: impl FnOnce(&mut Machine) -> Result<T, MachineError>,
+    ) -> Result<T, String> {
+        let mut g = lock(&self.machine);
+        match g.as_mut() {
+            Some(m) => f(m).map_err(|e| e.to_string()),
+            None => Err("the VM is waiting for an incoming migration (migrate-incoming)".into()),
+        }
+    }
+
+    /// Pauses a running VM (QMP stop): STOP once the vCPUs are parked.
+    pub fn stop(&self) -> Result<(), String> {
+        match self.state() {
+            RunState::InMigrate => {
+                // As QEMU: the VM will stay paused once restored.
+                *lock(&self.autostart) = false;
+                return Ok(());
+            }
+            RunState::Running => {}
+            _ => return Ok(()),
+        }
+        self.with_machine(|m| m.pause())?;
+        self.set_state(RunState::Paused);
+        self.emit("STOP", None);
+        Ok(())
+    }
+
+    /// Resumes (QMP cont): RESUME once the vCPUs run.
+    pub fn cont(&self) -> Result<(), String> {
+        match self.state() {
+            RunState::InMigrate => {
+                *lock(&self.autostart) = true;
+                return Ok(());
+            }
+            RunState::Running => return Ok(()),
+            RunState::FinishMigrate => {
+                return Err("a migration is writing the VM's state; wait for it to complete".into())
+            }
+            RunState::Shutdown => return Err("the guest has shut down; the VM cannot resume".into()),
+            RunState::Paused | RunState::PostMigrate => {}
+        }
+        self.with_machine(|m| m.resume())?;
+        self.set_state(RunState::Running);
+        self.emit("RESUME", None);
+        Ok(())
+    }
+}
+
+/// Builds the VM as `opts` says, serves QMP, and waits for the end.
+pub fn run(cfg: VmConfig, opts: RunOptions) -> Result<RunEnd, MachineError> {
+    let initial = if opts.incoming.is_some() {
+        RunState::InMigrate
+    } else if opts.start_paused {
+        RunState::Paused
+    } else {
+        RunState::Running
+    };
+    let ctl = Arc::new(
+        Controller::new(cfg.clone(), opts.start_paused, initial).map_err(|source| {
+            MachineError::Host {
+                what: "creating the end-of-run eventfd",
+                source,
+            }
+        })?,
+    );
+    if let Some(listen) = opts.qmp {
+        let handler = qmp::Handler(ctl.clone());
+        let (events, _thread) =
+            QmpServer::start(listen, Arc::new(handler)).map_err(|e| MachineError::Host {
+                what: "starting the QMP socket",
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let _ = ctl.events.set(events);
+    }
+    match opts.incoming {
+        None => {
+            let m = machine::boot(&cfg, opts.start_paused)?;
+            ctl.install(m);
+        }
+        Some(Incoming::Defer) => info!("waiting for an incoming migration (QMP migrate-incoming)"),
+        Some(Incoming::Uri(uri)) => {
+            if let Err((reason, config)) = migration::incoming(&ctl, &uri) {
+                return Ok(RunEnd::IncomingFailed { reason, config });
+            }
+        }
+    }
+    ctl.end.wait();
+    let why = lock(&ctl.end_reason)
+        .clone()
+        .unwrap_or(RunEnd::Vm(VmExit::PowerOff));
+    if let Some(m) = lock(&ctl.machine).as_ref() {
+        m.shut_down();
+    }
+    if let RunEnd::Vm(VmExit::Failed(msg)) = &why {
+        warn!("the VM failed: {msg}");
+    }
+    Ok(why)
+}

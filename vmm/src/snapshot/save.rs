@@ -1,0 +1,125 @@
+//! Saving a paused VM into a snapshot stream: the configuration, the
+//! run state, the KVM VM and vCPU state, COM1, each transport and device,
+//! then RAM (unless it stays in a shared file).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use devices::ram::{BackingKind, RegionRole};
+use devices::virtio::persist::Persist;
+use log::info;
+use serde::{Deserialize, Serialize};
+
+use super::format::{RamStats, Writer};
+use super::saved_config::{RamFile, SavedConfig};
+use super::{encode, SnapshotError};
+use crate::bus::lock;
+use crate::machine::{DeviceHandle, Machine};
+
+/// The run state the VM had when it was saved: a VM saved running arrives
+/// running after an incoming migration (unless started with -S).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSection {
+    pub running: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SaveOptions {
+    /// QEMU's x-ignore-shared: leave RAM out when it is shared and backed
+    /// by a named file (QEMU 8.1+: memfd RAM is still written).
+    pub ignore_shared: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct SaveReport {
+    pub bytes: u64,
+    pub ram: RamStats,
+    /// Boot RAM was left in its file.
+    pub ram_left_out: bool,
+    pub duration: Duration,
+}
+
+/// Whether boot RAM qualifies for x-ignore-shared: file-backed and shared.
+pub fn ram_file_to_ignore(m: &Machine, opts: SaveOptions) -> Option<std::path::PathBuf> {
+    let b = &m.cfg.memory.backing;
+    match &b.kind {
+        BackingKind::File(p) if opts.ignore_shared && b.share => Some(p.clone()),
+        _ => None,
+    }
+}
+
+/// Writes the whole VM to `out`. The VM must be paused; `was_running`
+/// is the state to restore it into.
+pub fn save<W: Write>(
+    m: &Machine,
+    out: W,
+    was_running: bool,
+    opts: SaveOptions,
+) -> Result<(W, SaveReport), SnapshotError> {
+    if m.is_running() {
+        return Err(SnapshotError::Running);
+    }
+    let t0 = Instant::now();
+    let left_out = ram_file_to_ignore(m, opts);
+    let ram_file = match &left_out {
+        Some(p) => Some(RamFile::of(p).map_err(|e| SnapshotError::Io {
+            what: format!("reading the RAM file {}", p.display()),
+            source: e,
+        })?),
+        None => None,
+    };
+    let config = SavedConfig::of(&m.cfg, ram_file).map_err(|e| SnapshotError::Io {
+        what: "reading the disk images' sizes".into(),
+        source: e,
+    })?;
+    let mut w = Writer::new(out, &encode(&config))?;
+    w.section(
+        "run",
+        &encode(&RunSection {
+            running: was_running,
+        }),
+    )?;
+    w.section("vm", &encode(&m.vm.save_state()?))?;
+    for state in m.vcpus.save()? {
+        w.section(&format!("vcpu{}", state.index), &encode(&state))?;
+    }
+    if let Some(com1) = &m.serial {
+        w.section("com1", &encode(&lock(com1, "COM1").save()))?;
+    }
+    w.section("ged", &encode(&lock(&m.ged, "GED").save()))?;
+    for slot in &m.slots {
+        let t = lock(&slot.transport, &slot.name).save_state();
+        w.section(&format!("transport:{}", slot.id), &encode(&t))?;
+        let bytes = match &slot.device {
+            DeviceHandle::Block(d) => lock(d, &slot.name).save_bytes(),
+            DeviceHandle::Net(d) => lock(d, &slot.name).save_bytes(),
+            DeviceHandle::Balloon(d) => lock(d, &slot.name).save_bytes(),
+            DeviceHandle::Mem(d) => lock(d, &slot.name).save_bytes(),
+        };
+        w.section(&format!("device:{}", slot.id), &bytes)?;
+    }
+    let skip_boot = left_out.is_some();
+    let ram = w.ram_filtered(m.ram.memory(), |gpa| {
+        let role = m.ram.region_of(vm_memory::GuestAddress(gpa), 1).map(|r| &r.role);
+        !(skip_boot && role == Some(&RegionRole::Boot))
+    })?;
+    let (out, bytes) = w.finish()?;
+    let report = SaveReport {
+        bytes,
+        ram,
+        ram_left_out: skip_boot,
+        duration: t0.elapsed(),
+    };
+    info!(
+        "VM saved: {bytes} bytes, {} RAM pages of {} written{} in {:.1} ms",
+        ram.pages_written,
+        ram.pages_scanned,
+        if skip_boot {
+            " (boot RAM left in its shared file: x-ignore-shared)"
+        } else {
+            ""
+        },
+        report.duration.as_secs_f64() * 1000.0
+    );
+    Ok((out, report))
+}

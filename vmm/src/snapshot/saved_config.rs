@@ -1,0 +1,318 @@
+//! The configuration a snapshot was saved with, and what a restore's
+//! command line may and may not change about it.
+//!
+//! May differ: the RAM backing's share/readonly/rom/hugepages (a template's
+//! RAM becomes a clone's), a disk's path, a TAP's name, where COM1 goes,
+//! the control socket, and the kernel, initrd and command line (not loaded
+//! on restore). Must match: vCPUs, RAM size, the devices in their order
+//! with their ids, each disk's size and read-only flag, each NIC's MAC,
+//! the balloon's features, each virtio-mem's size and block size; and when
+//! RAM was left out of the stream (x-ignore-shared), the very file it
+//! stays in.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use devices::ram::{BackingKind, BackingSpec};
+use devices::size::format_size;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{format_mac, VmConfig};
+
+/// The file that holds boot RAM when the snapshot left it out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RamFile {
+    pub path: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+}
+
+impl RamFile {
+    pub fn of(path: &Path) -> std::io::Result<RamFile> {
+        let m = fs::metadata(path)?;
+        Ok(RamFile {
+            path: path.to_path_buf(),
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedDisk {
+    pub id: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub readonly: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedNet {
+    pub id: String,
+    pub tap: String,
+    pub mac: [u8; 6],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedBalloon {
+    pub free_page_reporting: bool,
+    pub deflate_on_oom: bool,
+    pub stats: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedMem {
+    pub id: String,
+    pub size: u64,
+    pub block_size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedConfig {
+    /// The VMM that wrote it, for messages.
+    pub vmm_version: String,
+    pub cpus: u8,
+    pub memory_size: u64,
+    pub memory_backing: BackingSpec,
+    /// Set when boot RAM is not in the stream (x-ignore-shared).
+    pub ram_file: Option<RamFile>,
+    pub disks: Vec<SavedDisk>,
+    pub nets: Vec<SavedNet>,
+    pub balloon: Option<SavedBalloon>,
+    pub virtio_mems: Vec<SavedMem>,
+    pub kernel: PathBuf,
+    pub cmdline: String,
+}
+
+impl SavedConfig {
+    /// Describes `cfg` as it runs now; disk sizes are read from the images.
+    pub fn of(cfg: &VmConfig, ram_file: Option<RamFile>) -> std::io::Result<SavedConfig> {
+        let mut disks = Vec::with_capacity(cfg.disks.len());
+        for d in &cfg.disks {
+            disks.push(SavedDisk {
+                id: d.id.clone(),
+                path: d.path.clone(),
+                size: fs::metadata(&d.path)?.len(),
+                readonly: d.readonly,
+            });
+        }
+        Ok(SavedConfig {
+            vmm_version: env!("CARGO_PKG_VERSION").to_string(),
+            cpus: cfg.cpus,
+            memory_size: cfg.memory.size,
+            memory_backing: cfg.memory.backing.clone(),
+            ram_file,
+            disks,
+            nets: cfg
+                .nets
+                .iter()
+                .map(|n| SavedNet {
+                    id: n.id.clone(),
+                    tap: n.tap.clone(),
+                    mac: n.mac,
+                })
+                .collect(),
+            balloon: cfg.balloon.as_ref().map(|b| SavedBalloon {
+                free_page_reporting: b.free_page_reporting,
+                deflate_on_oom: b.deflate_on_oom,
+                stats: b.stats,
+            }),
+            virtio_mems: cfg
+                .virtio_mems
+                .iter()
+                .map(|m| SavedMem {
+                    id: m.id.clone(),
+                    size: m.size,
+                    block_size: m.block_size,
+                })
+                .collect(),
+            kernel: cfg.kernel.clone(),
+            cmdline: cfg.cmdline.clone(),
+        })
+    }
+
+    /// Takes over what the command line left to chance: the MAC of a NIC
+    /// given without `mac=` is the saved one (the guest knows it).
+    pub fn adopt_into(&self, cfg: &mut VmConfig) {
+        for (i, n) in cfg.nets.iter_mut().enumerate() {
+            if !cfg.mac_given.get(i).copied().unwrap_or(true) {
+                if let Some(saved) = self.nets.get(i) {
+                    n.mac = saved.mac;
+                }
+            }
+        }
+    }
+
+    /// One line per way `cfg` differs from the saved VM in what may not
+    /// change; empty when the snapshot can be restored with `cfg`.
+    pub fn differences(&self, cfg: &VmConfig) -> Vec<String> {
+        let mut d = Vec::new();
+        if self.cpus != cfg.cpus {
+            d.push(format!(
+                "--cpus: the snapshot has {} vCPUs, the command line {}",
+                self.cpus, cfg.cpus
+            ));
+        }
+        if self.memory_size != cfg.memory.size {
+            d.push(format!(
+                "--memory: the snapshot has size={}, the command line size={}",
+                format_size(self.memory_size),
+                format_size(cfg.memory.size)
+            ));
+        }
+        if let Some(f) = &self.ram_file {
+            ram_file_differences(f, &cfg.memory.backing, &mut d);
+        }
+        list_differences(
+            "--disk",
+            &self.disks,
+            &cfg.disks,
+            |s| s.id.clone(),
+            |c| c.id.clone(),
+            |s, c, d| {
+                let size = fs::metadata(&c.path).map(|m| m.len());
+                match size {
+                    Ok(n) if n != s.size => d.push(format!(
+                        "--disk id={}: {} is {n} bytes, the saved disk {} bytes; give an image of the saved size",
+                        s.id,
+                        c.path.display(),
+                        s.size
+                    )),
+                    Err(e) => d.push(format!("--disk id={}: {}: {e}", s.id, c.path.display())),
+                    Ok(_) => {}
+                }
+                if s.readonly != c.readonly {
+                    d.push(format!(
+                        "--disk id={}: the snapshot has readonly={}, the command line readonly={}",
+                        s.id,
+                        onoff(s.readonly),
+                        onoff(c.readonly)
+                    ));
+                }
+            },
+            &mut d,
+        );
+        list_differences(
+            "--net",
+            &self.nets,
+            &cfg.nets,
+            |s| s.id.clone(),
+            |c| c.id.clone(),
+            |s, c, d| {
+                if s.mac != c.mac {
+                    d.push(format!(
+                        "--net id={}: the snapshot has mac={}, the command line mac={}; the guest already uses the saved one",
+                        s.id,
+                        format_mac(&s.mac),
+                        format_mac(&c.mac)
+                    ));
+                }
+            },
+            &mut d,
+        );
+        match (&self.balloon, &cfg.balloon) {
+            (None, None) => {}
+            (Some(_), None) => d.push("--balloon: the snapshot has a balloon, the command line none".into()),
+            (None, Some(_)) => d.push("--balloon: the command line adds a balloon the snapshot does not have".into()),
+            (Some(s), Some(c)) => {
+                for (key, a, b) in [
+                    ("free-page-reporting", s.free_page_reporting, c.free_page_reporting),
+                    ("deflate-on-oom", s.deflate_on_oom, c.deflate_on_oom),
+                    ("stats", s.stats, c.stats),
+                ] {
+                    if a != b {
+                        d.push(format!(
+                            "--balloon: the snapshot has {key}={}, the command line {key}={}",
+                            onoff(a),
+                            onoff(b)
+                        ));
+                    }
+                }
+            }
+        }
+        list_differences(
+            "--virtio-mem",
+            &self.virtio_mems,
+            &cfg.virtio_mems,
+            |s| s.id.clone(),
+            |c| c.id.clone(),
+            |s, c, d| {
+                if s.size != c.size || s.block_size != c.block_size {
+                    d.push(format!(
+                        "--virtio-mem id={}: the snapshot has size={},block-size={}, the command line size={},block-size={}",
+                        s.id,
+                        format_size(s.size),
+                        format_size(s.block_size),
+                        format_size(c.size),
+                        format_size(c.block_size)
+                    ));
+                }
+            },
+            &mut d,
+        );
+        d
+    }
+}
+
+fn onoff(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// Boot RAM stayed in `f`: the restore must map that same file.
+fn ram_file_differences(f: &RamFile, backing: &BackingSpec, d: &mut Vec<String>) {
+    let BackingKind::File(path) = &backing.kind else {
+        d.push(format!(
+            "--memory: the snapshot left guest RAM in {} (x-ignore-shared); map that file: backing=file,path={}",
+            f.path.display(),
+            f.path.display()
+        ));
+        return;
+    };
+    match RamFile::of(path) {
+        Ok(now) if now.dev == f.dev && now.ino == f.ino && now.size == f.size => {}
+        Ok(now) if now.dev == f.dev && now.ino == f.ino => d.push(format!(
+            "--memory: {} is {} bytes now, {} bytes when the snapshot was saved; the RAM file was changed",
+            path.display(),
+            now.size,
+            f.size
+        )),
+        Ok(_) => d.push(format!(
+            "--memory: {} is not the file the snapshot left guest RAM in ({}); map that file",
+            path.display(),
+            f.path.display()
+        )),
+        Err(e) => d.push(format!("--memory: {}: {e}", path.display())),
+    }
+}
+
+/// Compares two lists of devices by position and id, then each pair.
+fn list_differences<S, C>(
+    option: &str,
+    saved: &[S],
+    now: &[C],
+    saved_id: impl Fn(&S) -> String,
+    now_id: impl Fn(&C) -> String,
+    each: impl Fn(&S, &C, &mut Vec<String>),
+    d: &mut Vec<String>,
+) {
+    let a: Vec<String> = saved.iter().map(&saved_id).collect();
+    let b: Vec<String> = now.iter().map(&now_id).collect();
+    if a != b {
+        d.push(format!(
+            "{option}: the snapshot has [{}], the command line [{}]; give the same devices with the same ids in the same order",
+            a.join(", "),
+            b.join(", ")
+        ));
+        return;
+    }
+    for (s, c) in saved.iter().zip(now) {
+        each(s, c, d);
+    }
+}
