@@ -103,7 +103,9 @@ impl<R: Read> Reader<R> {
 
     /// Reads every following section up to the first RAM chunk or the end
     /// record; each is checked (CRC, name, size, uniqueness) before it is
-    /// returned. A second call returns no sections.
+    /// returned. A second call returns no sections. A payload grows as its
+    /// bytes arrive (at most 64 MiB each), so what the sections hold never
+    /// exceeds what the stream delivered.
     pub fn sections(&mut self) -> Result<Vec<(String, Vec<u8>)>, FormatError> {
         let mut out = Vec::new();
         if self.next.is_some() {
