@@ -11,5 +11,6 @@ pub mod layout;
 pub mod machine;
 pub mod memory;
 pub mod platform;
+pub mod snapshot;
 pub mod transport;
 pub mod vstate;
