@@ -8,6 +8,7 @@ pub mod exit;
 pub mod host_check;
 pub mod kvlist;
 pub mod layout;
+pub mod lifecycle;
 pub mod machine;
 pub mod memory;
 pub mod platform;

@@ -22,7 +22,7 @@ use thiserror::Error;
 use crate::bus::lock;
 use crate::config::VmConfig;
 use crate::event_loop::LoopHandle;
-use crate::exit::{ExitSignal, VmExit};
+use crate::exit::ExitSignal;
 use crate::platform::ged::{Ged, EVENT_POWER_BUTTON};
 use crate::platform::serial::SerialDevice;
 use crate::transport::MmioTransport;

@@ -85,6 +85,16 @@ impl<W: Write> Writer<W> {
     /// is read through vm-memory's volatile slices; the vCPUs and devices
     /// must not be writing it meanwhile. No section may follow.
     pub fn ram<M: GuestMemory>(&mut self, mem: &M) -> Result<RamStats, FormatError> {
+        self.ram_filtered(mem, |_| true)
+    }
+
+    /// As [`Writer::ram`], for the regions whose start address `include`
+    /// accepts (x-ignore-shared leaves a shared file-backed region out).
+    pub fn ram_filtered<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        include: impl Fn(u64) -> bool,
+    ) -> Result<RamStats, FormatError> {
         self.usable()?;
         self.ram_started = true;
         let phys = mem.physical_memory().ok_or_else(|| FormatError::Memory {
@@ -96,6 +106,9 @@ impl<W: Write> Writer<W> {
         let mut stats = RamStats::default();
         let mut result = Ok(());
         for region in phys.iter() {
+            if !include(region.start_addr().0) {
+                continue;
+            }
             result = self.ram_region(region, &mut buf, &mut stats);
             if result.is_err() {
                 break;
