@@ -3,6 +3,7 @@
 pub mod boot;
 pub mod bus;
 pub mod config;
+pub mod control;
 pub mod event_loop;
 pub mod exit;
 pub mod host_check;
