@@ -224,7 +224,10 @@ fn outgoing(ctl: &Controller, uri: &StreamUri) {
 /// another migrate-incoming; the reason is in query-migrate.
 pub fn incoming(ctl: &Arc<Controller>, uri: &StreamUri) -> Result<(), (String, bool)> {
     if ctl.state() != RunState::InMigrate {
-        return Err(("the VM is not waiting for an incoming migration".into(), false));
+        return Err((
+            "the VM is not waiting for an incoming migration".into(),
+            false,
+        ));
     }
     set_status(ctl, MigrationStatus::Setup);
     let result = (|| -> Result<_, SnapshotError> {

@@ -81,7 +81,10 @@ pub enum RunEnd {
     Quit,
     /// The incoming snapshot given on the command line was refused;
     /// `config` when because the command line differs from the saved VM.
-    IncomingFailed { reason: String, config: bool },
+    IncomingFailed {
+        reason: String,
+        config: bool,
+    },
 }
 
 /// The VM and everything about it that control commands read or change.
@@ -214,7 +217,9 @@ impl Controller {
             RunState::FinishMigrate => {
                 return Err("a migration is writing the VM's state; wait for it to complete".into())
             }
-            RunState::Shutdown => return Err("the guest has shut down; the VM cannot resume".into()),
+            RunState::Shutdown => {
+                return Err("the guest has shut down; the VM cannot resume".into())
+            }
             RunState::Paused | RunState::PostMigrate => {}
         }
         self.with_machine(|m| m.resume())?;

@@ -23,11 +23,12 @@ const PERIPHERAL: &str = "/machine/peripheral/";
 impl QmpHandler for Handler {
     fn execute(&self, command: Command) -> Result<Value, QmpError> {
         let ctl = &self.0;
-        let generic = QmpError::generic;
         match command {
             Command::QueryStatus => {
                 let s = ctl.state();
-                Ok(json!({"status": s.as_str(), "running": s == RunState::Running, "singlestep": false}))
+                Ok(
+                    json!({"status": s.as_str(), "running": s == RunState::Running, "singlestep": false}),
+                )
             }
             Command::QueryKvm => Ok(json!({"enabled": true, "present": true})),
             Command::QueryName => Ok(json!({})),
@@ -134,7 +135,9 @@ impl QmpHandler for Handler {
                     .ok_or_else(|| generic("Parameter 'value' expects a size above zero"))?;
                 ctl.with_machine(|m| {
                     let Some(b) = m.balloon() else {
-                        return Ok(Err(QmpError::device_not_active("No balloon device has been activated")));
+                        return Ok(Err(QmpError::device_not_active(
+                            "No balloon device has been activated",
+                        )));
                     };
                     Ok(lock_dev(b, "--balloon")
                         .set_target(target)
@@ -167,7 +170,9 @@ impl QmpHandler for Handler {
                         Some(DeviceHandle::Mem(d)) => lock_dev(d, &id)
                             .set_requested(bytes)
                             .map_err(|e| generic(e.to_string())),
-                        _ => Err(QmpError::device_not_found(format!("Device '{path}' not found"))),
+                        _ => Err(QmpError::device_not_found(format!(
+                            "Device '{path}' not found"
+                        ))),
                     })
                 })
                 .map_err(generic)??;
@@ -187,7 +192,9 @@ impl QmpHandler for Handler {
                                 _ => Err(generic(format!("Property '{property}' not found"))),
                             }
                         }
-                        _ => Err(QmpError::device_not_found(format!("Device '{path}' not found"))),
+                        _ => Err(QmpError::device_not_found(format!(
+                            "Device '{path}' not found"
+                        ))),
                     })
                 })
                 .map_err(generic)?
@@ -228,17 +235,26 @@ impl QmpHandler for Handler {
     fn after_reply(&self, command: &Command) {
         match command {
             Command::Quit => {
-                self.0
-                    .emit("SHUTDOWN", Some(json!({"guest": false, "reason": "host-qmp-quit"})));
+                self.0.emit(
+                    "SHUTDOWN",
+                    Some(json!({"guest": false, "reason": "host-qmp-quit"})),
+                );
                 self.0.finish(RunEnd::Quit);
             }
             Command::SystemReset => {
-                self.0.emit("RESET", Some(json!({"guest": false, "reason": "host-qmp-system-reset"})));
+                self.0.emit(
+                    "RESET",
+                    Some(json!({"guest": false, "reason": "host-qmp-system-reset"})),
+                );
                 self.0.finish(RunEnd::Vm(crate::exit::VmExit::Reboot));
             }
             _ => {}
         }
     }
+}
+
+fn generic(desc: impl Into<String>) -> QmpError {
+    QmpError::generic(desc)
 }
 
 /// `/machine/peripheral/ID` -> ID.

@@ -100,7 +100,10 @@ pub fn save<W: Write>(
     }
     let skip_boot = left_out.is_some();
     let ram = w.ram_filtered(m.ram.memory(), |gpa| {
-        let role = m.ram.region_of(vm_memory::GuestAddress(gpa), 1).map(|r| &r.role);
+        let role = m
+            .ram
+            .region_of(vm_memory::GuestAddress(gpa), 1)
+            .map(|r| &r.role);
         !(skip_boot && role == Some(&RegionRole::Boot))
     })?;
     let (out, bytes) = w.finish()?;

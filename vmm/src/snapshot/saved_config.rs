@@ -215,11 +215,19 @@ impl SavedConfig {
         );
         match (&self.balloon, &cfg.balloon) {
             (None, None) => {}
-            (Some(_), None) => d.push("--balloon: the snapshot has a balloon, the command line none".into()),
-            (None, Some(_)) => d.push("--balloon: the command line adds a balloon the snapshot does not have".into()),
+            (Some(_), None) => {
+                d.push("--balloon: the snapshot has a balloon, the command line none".into())
+            }
+            (None, Some(_)) => d.push(
+                "--balloon: the command line adds a balloon the snapshot does not have".into(),
+            ),
             (Some(s), Some(c)) => {
                 for (key, a, b) in [
-                    ("free-page-reporting", s.free_page_reporting, c.free_page_reporting),
+                    (
+                        "free-page-reporting",
+                        s.free_page_reporting,
+                        c.free_page_reporting,
+                    ),
                     ("deflate-on-oom", s.deflate_on_oom, c.deflate_on_oom),
                     ("stats", s.stats, c.stats),
                 ] {
