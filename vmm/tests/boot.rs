@@ -12,24 +12,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("vmm-boot-{tag}-{}", std::process::id()));
-        fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::{bzimage, Dir};
 
 /// 64-bit code run at the kernel's entry (load address + 0x200), with RSI
 /// pointing at the zero page.
@@ -115,24 +99,6 @@ fn pvh_elf(code: &[u8]) -> Vec<u8> {
     f[0xb0..0xb0 + note.len()].copy_from_slice(&note);
     f.extend_from_slice(code);
     f
-}
-
-/// A bzImage of boot protocol 2.15: one setup sector, then the "protected
-/// mode kernel", whose first 0x200 bytes are the 32-bit entry (unused) and
-/// then the 64-bit entry.
-fn bzimage(entry64: &[u8]) -> Vec<u8> {
-    let mut k = vec![0u8; 1024 + 0x200 + entry64.len()];
-    k[0x1f1] = 1; // setup_sects
-    k[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
-    k[0x202..0x206].copy_from_slice(b"HdrS");
-    k[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
-    k[0x211] = 0x01; // loadflags: LOADED_HIGH
-    k[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
-    k[0x22c..0x230].copy_from_slice(&0x37ff_ffffu32.to_le_bytes()); // initrd_addr_max
-    k[0x236..0x238].copy_from_slice(&0x1u16.to_le_bytes()); // xloadflags: XLF_KERNEL_64
-    k[0x238..0x23c].copy_from_slice(&2048u32.to_le_bytes()); // cmdline_size
-    k[1024 + 0x200..].copy_from_slice(entry64);
-    k
 }
 
 fn run(dir: &Dir, entry: &[u8], extra: &[&str]) -> (Output, String) {

@@ -274,6 +274,8 @@ pub fn start_incoming(ctl: &Arc<Controller>, uri: StreamUri) -> Result<(), Strin
     ) {
         return Err("an incoming migration is already in progress".into());
     }
+    // Before the reply: a query-migrate right after it sees the migration.
+    set_status(ctl, MigrationStatus::Setup);
     let me = ctl.clone();
     thread::Builder::new()
         .name("migrate-in".into())

@@ -1,0 +1,203 @@
+//! What the integration tests share: a scratch directory, tiny hand-made
+//! kernels for this host's KVM, and a small QMP client.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub struct Dir(PathBuf);
+
+impl Dir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("vmm-boot-{tag}-{}", std::process::id()));
+        fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+    pub fn path(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// 64-bit code: a counter in guest RAM (at 3 MiB), incremented and printed
+/// as `C=<16 hex digits>` on COM1 every 2^26 TSC ticks, forever. After a
+/// restore the sequence must go on where it stopped: RAM, registers (the
+/// digit loop's state) and COM1 all have to come back.
+///
+/// ```text
+///     mov dx, 0x3f8
+///     mov qword ptr [0x300000], 0
+/// next:
+///     inc qword ptr [0x300000]
+///     mov rbx, qword ptr [0x300000]
+///     out 'C', out '='
+///     16 times: rol rbx, 4; print the low nibble in hex
+///     out '\n'
+///     rdtsc-based wait of 0x4000000 ticks (pause in the loop)
+///     mov dx, 0x3f8
+///     jmp next
+/// ```
+pub const COUNTER: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0x48, 0xc7, 0x04, 0x25, 0x00, 0x00, 0x30, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x48, 0xff, 0x04, 0x25, 0x00, 0x00, 0x30, 0x00, 0x48, 0x8b, 0x1c, 0x25, 0x00, 0x00, 0x30, 0x00,
+    0xb0, 0x43, 0xee, 0xb0, 0x3d, 0xee, 0x48, 0xc7, 0xc1, 0x10, 0x00, 0x00, 0x00, 0x48, 0xc1, 0xc3,
+    0x04, 0x88, 0xd8, 0x24, 0x0f, 0x04, 0x30, 0x3c, 0x39, 0x76, 0x02, 0x04, 0x07, 0xee, 0x48, 0xff,
+    0xc9, 0x75, 0xea, 0xb0, 0x0a, 0xee, 0x0f, 0x31, 0x48, 0xc1, 0xe2, 0x20, 0x48, 0x09, 0xd0, 0x48,
+    0x89, 0xc6, 0x48, 0x81, 0xc6, 0x00, 0x00, 0x00, 0x04, 0xf3, 0x90, 0x0f, 0x31, 0x48, 0xc1, 0xe2,
+    0x20, 0x48, 0x09, 0xd0, 0x48, 0x39, 0xf0, 0x72, 0xf0, 0x66, 0xba, 0xf8, 0x03, 0xeb, 0xa1,
+];
+
+/// Prints "H\n", then halts with interrupts off, forever: the vCPU sleeps
+/// inside KVM_RUN and only a kick brings it out.
+pub const HALT_FOREVER: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xb0, b'H', 0xee, //       out 'H'
+    0xb0, 0x0a, 0xee, //       out '\n'
+    0xfa, //                   cli
+    0xf4, //                   hlt
+    0xeb, 0xfd, //             jmp hlt
+];
+
+/// The counter values a serial log holds, in order (a partial last line
+/// is left out; one cut by a save is completed by the restored guest).
+pub fn counter_values(log: &str) -> Vec<u64> {
+    log.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .filter_map(|l| l.trim().strip_prefix("C="))
+        .filter_map(|h| u64::from_str_radix(h, 16).ok())
+        .collect()
+}
+
+/// Waits until `f` holds, polling; panics with `what` after `secs`.
+pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            Instant::now() < end,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A QMP connection past capabilities negotiation.
+pub struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    pub events: Vec<Value>,
+}
+
+impl Qmp {
+    /// Connects, retrying while the VMM is still creating the socket.
+    pub fn connect(path: &Path) -> Qmp {
+        let mut stream = None;
+        wait_until(20, "the QMP socket", || {
+            stream = UnixStream::connect(path).ok();
+            stream.is_some()
+        });
+        let s = stream.unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut q = Qmp {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+            events: Vec::new(),
+        };
+        let greeting = q.read();
+        assert!(
+            greeting["QMP"]["version"]["qemu"]["major"].is_u64(),
+            "{greeting}"
+        );
+        let r = q.execute("qmp_capabilities", json!({}));
+        assert_eq!(r, json!({"return": {}}));
+        q
+    }
+
+    fn read(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("reading QMP");
+        assert!(n > 0, "the QMP socket closed");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad QMP line {line:?}: {e}"))
+    }
+
+    /// Sends a command; returns the whole reply, keeping events aside.
+    pub fn execute(&mut self, cmd: &str, args: Value) -> Value {
+        let mut m = json!({ "execute": cmd });
+        if args != json!({}) {
+            m["arguments"] = args;
+        }
+        self.writer.write_all(m.to_string().as_bytes()).unwrap();
+        loop {
+            let v = self.read();
+            if v.get("event").is_some() {
+                self.events.push(v);
+            } else {
+                return v;
+            }
+        }
+    }
+
+    /// The command's `return`; panics on an error reply.
+    pub fn ok(&mut self, cmd: &str, args: Value) -> Value {
+        let r = self.execute(cmd, args);
+        r.get("return")
+            .cloned()
+            .unwrap_or_else(|| panic!("{cmd} failed: {r}"))
+    }
+
+    /// Polls query-migrate until it leaves setup/active; returns its reply.
+    pub fn wait_migration(&mut self) -> Value {
+        let mut last = Value::Null;
+        wait_until(30, "the migration to finish", || {
+            last = self.ok("query-migrate", json!({}));
+            !matches!(last["status"].as_str(), Some("setup" | "active"))
+        });
+        last
+    }
+
+    /// Waits for an event named `name` (already received or coming).
+    pub fn wait_event(&mut self, name: &str) -> Value {
+        loop {
+            if let Some(i) = self.events.iter().position(|e| e["event"] == name) {
+                return self.events.remove(i);
+            }
+            let v = self.read();
+            if v.get("event").is_some() {
+                self.events.push(v);
+            }
+        }
+    }
+}
+
+/// The serial log as text ("" while it does not exist).
+pub fn read_log(p: &str) -> String {
+    fs::read_to_string(p).unwrap_or_default()
+}
+
+/// A bzImage of boot protocol 2.15: one setup sector, then the "protected
+/// mode kernel", whose first 0x200 bytes are the 32-bit entry (unused) and
+/// then the 64-bit entry.
+pub fn bzimage(entry64: &[u8]) -> Vec<u8> {
+    let mut k = vec![0u8; 1024 + 0x200 + entry64.len()];
+    k[0x1f1] = 1; // setup_sects
+    k[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    k[0x202..0x206].copy_from_slice(b"HdrS");
+    k[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    k[0x211] = 0x01; // loadflags: LOADED_HIGH
+    k[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    k[0x22c..0x230].copy_from_slice(&0x37ff_ffffu32.to_le_bytes()); // initrd_addr_max
+    k[0x236..0x238].copy_from_slice(&0x1u16.to_le_bytes()); // xloadflags: XLF_KERNEL_64
+    k[0x238..0x23c].copy_from_slice(&2048u32.to_le_bytes()); // cmdline_size
+    k[1024 + 0x200..].copy_from_slice(entry64);
+    k
+}

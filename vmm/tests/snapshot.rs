@@ -1,0 +1,435 @@
+//! Pause, save and restore of a whole VM on this host's real KVM, driven
+//! over QMP like a management tool drives QEMU: tiny hand-made guests are
+//! saved by one `vmm` process and go on in another.
+
+use std::fs;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+mod common;
+use common::{bzimage, counter_values, read_log, wait_until, Dir, Qmp, COUNTER, HALT_FOREVER};
+
+/// A running `vmm`, killed if the test ends first.
+struct Vmm(Child);
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Vmm {
+    fn start(args: &[&str]) -> Vmm {
+        Vmm(Command::new(env!("CARGO_BIN_EXE_vmm"))
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("vmm starts"))
+    }
+
+    /// Waits for the process to end; its status and stderr.
+    fn finish(mut self) -> (Option<i32>, String) {
+        let child = std::mem::replace(
+            &mut self.0,
+            Command::new("true").spawn().expect("a placeholder child"),
+        );
+        let out = child.wait_with_output().expect("vmm exits");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
+    fn kill9(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn vmm_output(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .arg("run")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("vmm runs")
+}
+
+/// Boots the counter guest with QMP at `q` and COM1 into `serial`; returns
+/// once it printed `lines` lines.
+fn boot_counter(dir: &Dir, q: &str, serial: &str, extra: &[&str], lines: usize) -> Vmm {
+    let kernel = dir.path("kernel");
+    fs::write(&kernel, bzimage(COUNTER)).unwrap();
+    let mut args = vec!["--kernel", &kernel, "--memory", "size=64M"];
+    let serial_arg = format!("--serial=file={serial}");
+    let qmp_arg = format!("--qmp=unix:{q}");
+    args.push(&serial_arg);
+    args.push(&qmp_arg);
+    args.extend_from_slice(extra);
+    let vmm = Vmm::start(&args);
+    wait_until(20, "the counter guest's output", || {
+        counter_values(&read_log(serial)).len() >= lines
+    });
+    vmm
+}
+
+/// Every value once, in order, from 1: nothing lost, nothing repeated.
+fn assert_contiguous(values: &[u64], what: &str) {
+    assert!(!values.is_empty(), "{what}: no counter output");
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(
+            *v,
+            i as u64 + 1,
+            "{what}: value {i} is {v:#x}; all: {values:x?}"
+        );
+    }
+}
+
+#[test]
+fn a_running_vm_saved_over_qmp_goes_on_in_a_new_process() {
+    let dir = Dir::new("snap-running");
+    let (q1, s1, snap) = (dir.path("q1"), dir.path("s1"), dir.path("snap"));
+    let vm = boot_counter(&dir, &q1, &s1, &[], 3);
+    let mut qmp = Qmp::connect(q1.as_ref());
+    qmp.ok(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "events", "state": true}]}),
+    );
+    qmp.ok("migrate", json!({"uri": format!("file:{snap}")}));
+    let done = qmp.wait_migration();
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(qmp.ok("query-status", json!({}))["status"], "postmigrate");
+    // The VM stopped for the save and stays stopped: STOP, then MIGRATION events.
+    qmp.wait_event("STOP");
+    let saved = read_log(&s1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read_log(&s1), saved, "the guest ran on after the save");
+    vm.kill9();
+
+    let (q2, s2) = (dir.path("q2"), dir.path("s2"));
+    let _vm2 = Vmm::start(&[
+        "--memory",
+        "size=64M",
+        &format!("--serial=file={s2}"),
+        &format!("--qmp=unix:{q2}"),
+        &format!("--incoming=file:{snap}"),
+    ]);
+    let mut qmp2 = Qmp::connect(q2.as_ref());
+    // Saved running, started without -S: it runs once restored.
+    wait_until(20, "the restored VM to run", || {
+        qmp2.ok("query-status", json!({}))["status"] == "running"
+    });
+    let before = counter_values(&saved).len();
+    wait_until(20, "the restored guest's output", || {
+        counter_values(&(saved.clone() + &read_log(&s2))).len() >= before + 3
+    });
+    let all = counter_values(&(saved + &read_log(&s2)));
+    assert_contiguous(&all, "saved then restored output");
+}
+
+#[test]
+fn a_vm_saved_paused_comes_back_paused_and_cont_runs_it() {
+    let dir = Dir::new("snap-paused");
+    let (q1, s1, snap) = (dir.path("q1"), dir.path("s1"), dir.path("snap"));
+    let vm = boot_counter(&dir, &q1, &s1, &[], 2);
+    let mut qmp = Qmp::connect(q1.as_ref());
+    qmp.ok("stop", json!({}));
+    qmp.wait_event("STOP");
+    qmp.ok("migrate", json!({"uri": format!("exec:cat > {snap}")}));
+    assert_eq!(qmp.wait_migration()["status"], "completed");
+    let saved = read_log(&s1);
+    qmp.ok("quit", json!({}));
+    let (status, err) = vm.finish();
+    assert_eq!(status, Some(0), "quit ends vmm with 0: {err}");
+
+    let (q2, s2) = (dir.path("q2"), dir.path("s2"));
+    let _vm2 = Vmm::start(&[
+        "--memory",
+        "size=64M",
+        &format!("--serial=file={s2}"),
+        &format!("--qmp=unix:{q2}"),
+        "--incoming",
+        &format!("exec:cat {snap}"),
+    ]);
+    let mut qmp2 = Qmp::connect(q2.as_ref());
+    wait_until(20, "the restore", || {
+        qmp2.ok("query-status", json!({}))["status"] == "paused"
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        read_log(&s2),
+        "",
+        "a VM saved paused must not run before cont"
+    );
+    qmp2.ok("cont", json!({}));
+    qmp2.wait_event("RESUME");
+    wait_until(20, "output after cont", || {
+        !counter_values(&read_log(&s2)).is_empty()
+    });
+    assert_contiguous(
+        &counter_values(&(saved + &read_log(&s2))),
+        "output across the restore",
+    );
+}
+
+#[test]
+fn a_halted_vcpu_pauses_at_once_and_its_state_saves() {
+    let dir = Dir::new("snap-halt");
+    let kernel = dir.path("kernel");
+    fs::write(&kernel, bzimage(HALT_FOREVER)).unwrap();
+    let (q, s, snap) = (dir.path("q"), dir.path("s"), dir.path("snap"));
+    let _vm = Vmm::start(&[
+        "--kernel",
+        &kernel,
+        "--memory",
+        "size=64M",
+        "--cpus",
+        "2",
+        &format!("--serial=file={s}"),
+        &format!("--qmp=unix:{q}"),
+    ]);
+    wait_until(20, "the guest's H", || read_log(&s) == "H\n");
+    let mut qmp = Qmp::connect(q.as_ref());
+    let t = Instant::now();
+    qmp.ok("stop", json!({}));
+    // Bounded by the vCPU kick timeout (5 s), not by the guest: a halted
+    // vCPU that never left KVM_RUN would make stop fail instead.
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let cpus = qmp.ok("query-cpus-fast", json!({}));
+    assert_eq!(cpus.as_array().map(Vec::len), Some(2), "{cpus}");
+    for c in cpus.as_array().unwrap() {
+        assert!(c["thread-id"].as_i64().unwrap_or(0) > 0, "{c}");
+    }
+    qmp.ok("migrate", json!({"uri": format!("file:{snap}")}));
+    assert_eq!(qmp.wait_migration()["status"], "completed");
+    qmp.ok("cont", json!({}));
+    assert_eq!(qmp.ok("query-status", json!({}))["status"], "running");
+}
+
+#[test]
+fn a_restore_that_differs_from_the_saved_vm_is_refused_line_by_line() {
+    let dir = Dir::new("snap-differ");
+    let (q1, s1, snap) = (dir.path("q1"), dir.path("s1"), dir.path("snap"));
+    let disk = dir.path("disk.img");
+    fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let disk_arg = format!("--disk=path={disk},id=d0");
+    let vm = boot_counter(&dir, &q1, &s1, &[&disk_arg], 1);
+    let mut qmp = Qmp::connect(q1.as_ref());
+    qmp.ok("migrate", json!({"uri": format!("file:{snap}")}));
+    assert_eq!(qmp.wait_migration()["status"], "completed");
+    vm.kill9();
+
+    let s2 = dir.path("s2");
+    let out = vmm_output(&[
+        "--memory",
+        "size=128M",
+        "--cpus",
+        "2",
+        &format!("--disk=path={disk},id=d0,readonly=on"),
+        &format!("--serial=file={s2}"),
+        &format!("--incoming=file:{snap}"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for want in [
+        "--cpus: the snapshot has 1 vCPUs, the command line 2",
+        "--memory: the snapshot has size=64M, the command line size=128M",
+        "--disk id=d0: the snapshot has readonly=off, the command line readonly=on",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert_eq!(read_log(&s2), "", "nothing may run");
+
+    // A changed device set is one line too.
+    let out = vmm_output(&[
+        "--memory",
+        "size=64M",
+        &format!("--serial=file={s2}"),
+        &format!("--incoming=file:{snap}"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--disk: the snapshot has [d0], the command line []"),
+        "{err}"
+    );
+    assert_eq!(read_log(&s2), "");
+}
+
+#[test]
+fn a_corrupt_or_truncated_snapshot_is_refused_and_nothing_runs() {
+    let dir = Dir::new("snap-corrupt");
+    let (q1, s1, snap) = (dir.path("q1"), dir.path("s1"), dir.path("snap"));
+    let vm = boot_counter(&dir, &q1, &s1, &[], 1);
+    let mut qmp = Qmp::connect(q1.as_ref());
+    qmp.ok("migrate", json!({"uri": format!("file:{snap}")}));
+    assert_eq!(qmp.wait_migration()["status"], "completed");
+    vm.kill9();
+    let good = fs::read(&snap).unwrap();
+    let bad = dir.path("bad");
+    let s2 = dir.path("s2");
+    // A flipped byte in the middle (a section or RAM), and a cut file.
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x40;
+    for (what, bytes) in [
+        ("flipped", flipped),
+        ("truncated", good[..good.len() - 7].to_vec()),
+    ] {
+        fs::write(&bad, &bytes).unwrap();
+        let out = vmm_output(&[
+            "--memory",
+            "size=64M",
+            &format!("--serial=file={s2}"),
+            &format!("--incoming=file:{bad}"),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(
+            err.contains("restoring the snapshot failed; nothing was started"),
+            "{what}: {err}"
+        );
+        assert_eq!(read_log(&s2), "", "{what}: the guest ran");
+    }
+}
+
+#[test]
+fn a_failed_migrate_incoming_stays_in_inmigrate_and_takes_another() {
+    let dir = Dir::new("snap-defer");
+    let (q1, s1, snap) = (dir.path("q1"), dir.path("s1"), dir.path("snap"));
+    let vm = boot_counter(&dir, &q1, &s1, &[], 2);
+    let mut qmp = Qmp::connect(q1.as_ref());
+    qmp.ok("migrate", json!({"uri": format!("file:{snap}")}));
+    assert_eq!(qmp.wait_migration()["status"], "completed");
+    let saved = read_log(&s1);
+    vm.kill9();
+
+    let (q2, s2) = (dir.path("q2"), dir.path("s2"));
+    let _vm2 = Vmm::start(&[
+        "--memory",
+        "size=64M",
+        "-S",
+        &format!("--serial=file={s2}"),
+        &format!("--qmp=unix:{q2}"),
+        "--incoming=defer",
+    ]);
+    let mut qmp2 = Qmp::connect(q2.as_ref());
+    assert_eq!(qmp2.ok("query-status", json!({}))["status"], "inmigrate");
+    let r = qmp2.execute("migrate-incoming", json!({"uri": "file:/nonexistent/snap"}));
+    assert!(r.get("return").is_some() || r.get("error").is_some(), "{r}");
+    let failed = qmp2.wait_migration();
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed["error-desc"]
+            .as_str()
+            .unwrap_or("")
+            .contains("/nonexistent/snap"),
+        "{failed}"
+    );
+    assert_eq!(qmp2.ok("query-status", json!({}))["status"], "inmigrate");
+
+    qmp2.ok("migrate-incoming", json!({"uri": format!("file:{snap}")}));
+    assert_eq!(qmp2.wait_migration()["status"], "completed");
+    // Saved running, but started with -S: it waits for cont, as QEMU does.
+    assert_eq!(qmp2.ok("query-status", json!({}))["status"], "paused");
+    qmp2.ok("cont", json!({}));
+    wait_until(20, "output after cont", || {
+        !counter_values(&read_log(&s2)).is_empty()
+    });
+    assert_contiguous(
+        &counter_values(&(saved + &read_log(&s2))),
+        "output across the restore",
+    );
+}
+
+/// x-ignore-shared: a template's RAM stays in its file; a clone maps the
+/// file privately and read-only, restores, runs, and the file is unchanged.
+#[test]
+fn x_ignore_shared_leaves_file_ram_out_and_a_clone_runs_from_the_file() {
+    let dir = Dir::new("snap-shared");
+    let (q1, s1, snap, ram) = (
+        dir.path("q1"),
+        dir.path("s1"),
+        dir.path("snap"),
+        dir.path("ram"),
+    );
+    let mem = format!("size=64M,backing=file,path={ram},share=on");
+    let kernel = dir.path("kernel");
+    fs::write(&kernel, bzimage(COUNTER)).unwrap();
+    let vm = Vmm::start(&[
+        "--kernel",
+        &kernel,
+        "--memory",
+        &mem,
+        &format!("--serial=file={s1}"),
+        &format!("--qmp=unix:{q1}"),
+    ]);
+    wait_until(20, "the template's output", || {
+        counter_values(&read_log(&s1)).len() >= 2
+    });
+    let mut qmp = Qmp::connect(q1.as_ref());
+    qmp.ok("stop", json!({}));
+    qmp.ok(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]}),
+    );
+    let caps = qmp.ok("query-migrate-capabilities", json!({}));
+    assert!(
+        caps.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["capability"] == "x-ignore-shared" && c["state"] == true),
+        "{caps}"
+    );
+    qmp.ok("migrate", json!({"uri": format!("file:{snap}")}));
+    assert_eq!(qmp.wait_migration()["status"], "completed");
+    qmp.ok("quit", json!({}));
+    assert_eq!(vm.finish().0, Some(0));
+    let size = fs::metadata(&snap).unwrap().len();
+    assert!(
+        size < 64 << 10,
+        "RAM left out: the snapshot is {size} bytes"
+    );
+    let saved = read_log(&s1);
+    let ram_before = fs::read(&ram).unwrap();
+
+    let (q2, s2) = (dir.path("q2"), dir.path("s2"));
+    let clone_mem = format!("size=64M,backing=file,path={ram},share=off,readonly=on,rom=off");
+    let _clone = Vmm::start(&[
+        "--memory",
+        &clone_mem,
+        &format!("--serial=file={s2}"),
+        &format!("--qmp=unix:{q2}"),
+        &format!("--incoming=file:{snap}"),
+    ]);
+    let mut qmp2 = Qmp::connect(q2.as_ref());
+    wait_until(20, "the clone's restore", || {
+        qmp2.ok("query-status", json!({}))["status"] == "paused"
+    });
+    qmp2.ok("cont", json!({}));
+    wait_until(20, "the clone's output", || {
+        counter_values(&read_log(&s2)).len() >= 3
+    });
+    assert_contiguous(
+        &counter_values(&(saved + &read_log(&s2))),
+        "template then clone",
+    );
+    assert!(
+        fs::read(&ram).unwrap() == ram_before,
+        "the template's RAM file changed"
+    );
+
+    // Anonymous RAM cannot stand in for the file the RAM was left in.
+    let out = vmm_output(&["--memory", "size=64M", &format!("--incoming=file:{snap}")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("left guest RAM in") && err.contains(&ram),
+        "{err}"
+    );
+}
