@@ -43,6 +43,7 @@ impl QmpHandler for TestHandler {
                 thread::sleep(Duration::from_millis(300));
                 Ok(json!({"status": "completed"}))
             }
+            Command::SystemReset => panic!("the test handler panics on system_reset"),
             Command::Balloon { .. } => Err(QmpError::device_not_active(
                 "No balloon device has been activated",
             )),
@@ -472,6 +473,20 @@ fn clients_leaving_mid_command_or_mid_input_do_not_harm_the_server() {
         .lock()
         .unwrap()
         .contains(&Command::QueryMigrate));
+}
+
+#[test]
+fn a_panicking_handler_gets_an_error_reply_and_the_server_goes_on() {
+    let s = start();
+    let mut c = Client::ready(&s.path);
+    assert_eq!(
+        c.exec(json!({"execute": "system_reset", "id": 1})),
+        json!({"error": {"class": "GenericError", "desc": "internal error: the VM failed while running system_reset"}, "id": 1})
+    );
+    assert_eq!(
+        c.exec(json!({"execute": "query-name"})),
+        json!({"return": {}})
+    );
 }
 
 #[test]
