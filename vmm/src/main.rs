@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use log::{error, info};
@@ -33,6 +34,35 @@ enum Command {
     ///
     /// Exit status 0 when it can, 1 when it cannot.
     HostCheck,
+    /// Send one QMP command to a running VM and print the reply.
+    ///
+    /// Prints the command's return value as JSON; with --wait-event, then
+    /// waits for that event (one sent before the reply counts) and prints it.
+    ///
+    /// Exit status: 0 the command succeeded; 1 it failed (stderr has
+    /// "vmm ctl: CLASS: DESC"), timed out, or the server misbehaved; 2 bad
+    /// usage, or the socket cannot be reached.
+    #[command(verbatim_doc_comment)]
+    Ctl(CtlArgs),
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// The VM's QMP socket: its path, or unix:PATH as given to the VM.
+    #[arg(long, value_name = "PATH")]
+    qmp: PathBuf,
+    /// QMP command name, e.g. query-status, stop, cont, migrate.
+    #[arg(value_name = "COMMAND")]
+    command: String,
+    /// The command's arguments as a JSON object, e.g. '{"uri": "file:/tmp/vm.state"}'.
+    #[arg(value_name = "JSON-ARGS")]
+    args: Option<String>,
+    /// After the reply, wait for this event (e.g. STOP, MIGRATION) and print it.
+    #[arg(long, value_name = "NAME")]
+    wait_event: Option<String>,
+    /// Give up after this many seconds in all.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    timeout: f64,
 }
 
 #[derive(Args)]
@@ -184,6 +214,54 @@ fn refuse(text: &str, status: u8) -> ExitCode {
     ExitCode::from(status)
 }
 
+fn ctl(args: CtlArgs) -> ExitCode {
+    use vmm::control::ControlError;
+    let timeout = match Duration::try_from_secs_f64(args.timeout) {
+        Ok(t) if !t.is_zero() => t,
+        _ => {
+            eprintln!(
+                "vmm ctl: --timeout {} is not a positive number of seconds",
+                args.timeout
+            );
+            return ExitCode::from(2);
+        }
+    };
+    // Also take the socket as the VM's --qmp spells it (unix:PATH,...).
+    let socket = match args.qmp.to_str().filter(|s| s.starts_with("unix:")) {
+        None => args.qmp.clone(),
+        Some(spec) => match vmm::control::QmpListen::parse(spec) {
+            Ok(vmm::control::QmpListen::Path(p)) => p,
+            Ok(vmm::control::QmpListen::Fd(_)) => {
+                eprintln!("vmm ctl: --qmp {spec}: give the socket's path, not a descriptor");
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("vmm ctl: --qmp: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match vmm::control::run_ctl(
+        &socket,
+        &args.command,
+        args.args.as_deref(),
+        args.wait_event.as_deref(),
+        timeout,
+    ) {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vmm ctl: {e}");
+            match e {
+                ControlError::Connect { .. } | ControlError::BadArgs { .. } => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp(None)
@@ -191,6 +269,7 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().command {
         Command::Run(args) => run(*args),
+        Command::Ctl(args) => ctl(args),
         Command::HostCheck => {
             let report = vmm::host_check::run();
             print!("{}", report.text);

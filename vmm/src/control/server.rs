@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use serde_json::Value;
 
 use super::commands::Command;
@@ -480,6 +480,17 @@ fn serve_client(stream: UnixStream, shared: &Shared, handler: &dyn QmpHandler) -
     result
 }
 
+/// Runs handler code so that a panic in it becomes an error reply instead
+/// of ending the QMP thread (and with it every later client).
+fn guarded(name: &str, f: impl FnOnce() -> Result<Value, QmpError>) -> Result<Value, QmpError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        error!("QMP command {name} panicked");
+        Err(QmpError::generic(format!(
+            "internal error: the VM failed while running {name}"
+        )))
+    })
+}
+
 fn converse(mut stream: &UnixStream, shared: &Shared, handler: &dyn QmpHandler) -> io::Result<()> {
     if !send_reply(shared, protocol::greeting_line(), false) {
         return Ok(());
@@ -501,11 +512,14 @@ fn converse(mut stream: &UnixStream, shared: &Shared, handler: &dyn QmpHandler) 
                     Outcome::Negotiated(r) => send_reply(shared, r.line(), true),
                     Outcome::Execute { command, id } => {
                         let kept = command.clone();
-                        let result = handler.execute(command);
+                        let result = guarded(kept.name(), || handler.execute(command));
                         let ok = result.is_ok();
                         let delivered = send_reply(shared, Reply { result, id }.line(), false);
                         if ok {
-                            handler.after_reply(&kept);
+                            let _ = guarded(kept.name(), || {
+                                handler.after_reply(&kept);
+                                Ok(Value::Null)
+                            });
                         }
                         delivered
                     }

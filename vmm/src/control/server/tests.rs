@@ -43,6 +43,7 @@ impl QmpHandler for TestHandler {
                 thread::sleep(Duration::from_millis(300));
                 Ok(json!({"status": "completed"}))
             }
+            Command::SystemReset => panic!("the test handler panics on system_reset"),
             Command::Balloon { .. } => Err(QmpError::device_not_active(
                 "No balloon device has been activated",
             )),
@@ -303,6 +304,31 @@ fn input_framing_without_newlines_split_and_batched() {
 }
 
 #[test]
+fn govmm_style_clients_are_served() {
+    // Kata's govmm: one command per line, keys sorted, '>' escaped, no id,
+    // and several connections one after another.
+    let s = start();
+    for _ in 0..3 {
+        let mut c = Client::connect(&s.path);
+        let g = c.recv();
+        assert_eq!(g["QMP"]["version"]["qemu"]["major"], 10);
+        c.send(b"{\"execute\":\"qmp_capabilities\"}\n");
+        assert_eq!(c.recv(), json!({"return": {}}));
+        c.send(b"{\"arguments\":{\"uri\":\"exec:cat \\u003e/tmp/vm.state\"},\"execute\":\"migrate\"}\n");
+        assert_eq!(c.recv(), json!({"return": {}}));
+    }
+    let got = s.handler.commands.lock().unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(
+        got[0],
+        Command::Migrate {
+            uri: "exec:cat >/tmp/vm.state".into(),
+            resume: false
+        }
+    );
+}
+
+#[test]
 fn malformed_json_then_a_good_command_on_the_same_connection() {
     let s = start();
     let mut c = Client::ready(&s.path);
@@ -447,6 +473,20 @@ fn clients_leaving_mid_command_or_mid_input_do_not_harm_the_server() {
         .lock()
         .unwrap()
         .contains(&Command::QueryMigrate));
+}
+
+#[test]
+fn a_panicking_handler_gets_an_error_reply_and_the_server_goes_on() {
+    let s = start();
+    let mut c = Client::ready(&s.path);
+    assert_eq!(
+        c.exec(json!({"execute": "system_reset", "id": 1})),
+        json!({"error": {"class": "GenericError", "desc": "internal error: the VM failed while running system_reset"}, "id": 1})
+    );
+    assert_eq!(
+        c.exec(json!({"execute": "query-name"})),
+        json!({"return": {}})
+    );
 }
 
 #[test]
