@@ -1,73 +1,57 @@
-//! The QMP server against clients written by others: the `qemu.qmp`
-//! Python package (tests/qmp/test_protocol.py), and the real `vmm ctl`
-//! binary. The server runs in this process with a stand-in VM.
+//! The QMP socket of a real `vmm run` (a tiny guest on this host's KVM)
+//! against clients written by others: the `qemu.qmp` Python package
+//! (tests/qmp/*.py), and the real `vmm ctl` binary.
 
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Output};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::process::{Child, Command as Process, Output, Stdio};
 
-use serde_json::{json, Value};
-use vmm::control::{Command, EventSender, QmpError, QmpHandler, QmpListen, QmpServer};
+use serde_json::Value;
 
-/// A stand-in VM: pauses and resumes with STOP/RESUME events, as QEMU does.
-#[derive(Default)]
-struct FakeVm {
-    events: OnceLock<EventSender>,
-    paused: AtomicBool,
-}
+mod common;
+use common::{bzimage, counter_values, read_log, wait_until, Dir, COUNTER};
 
-impl QmpHandler for FakeVm {
-    fn execute(&self, command: Command) -> Result<Value, QmpError> {
-        let events = self.events.get().expect("events set at start");
-        match command {
-            Command::Stop => {
-                self.paused.store(true, Ordering::SeqCst);
-                events.emit("STOP", None);
-                Ok(json!({}))
-            }
-            Command::Cont => {
-                self.paused.store(false, Ordering::SeqCst);
-                events.emit("RESUME", None);
-                Ok(json!({}))
-            }
-            Command::QueryStatus => {
-                let paused = self.paused.load(Ordering::SeqCst);
-                Ok(json!({
-                    "running": !paused,
-                    "singlestep": false,
-                    "status": if paused { "paused" } else { "running" },
-                }))
-            }
-            Command::Balloon { .. } | Command::QueryBalloon => Err(QmpError::device_not_active(
-                "No balloon device has been activated",
-            )),
-            _ => Ok(json!({})),
-        }
-    }
-}
-
+/// A `vmm run` of the counter guest with its QMP socket; killed on drop.
 struct Server {
     path: PathBuf,
+    serial: String,
+    dir: Dir,
+    child: Child,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-fn start() -> Server {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "vmm-qmp-it-{}-{}.sock",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let vm = Arc::new(FakeVm::default());
-    let (events, _) = QmpServer::start(QmpListen::Path(path.clone()), vm.clone()).unwrap();
-    vm.events.set(events).ok().unwrap();
-    Server { path }
+fn start(tag: &str, extra: &[&str]) -> Server {
+    let dir = Dir::new(tag);
+    let kernel = dir.path("kernel");
+    fs::write(&kernel, bzimage(COUNTER)).unwrap();
+    let (sock, serial) = (dir.path("qmp"), dir.path("serial"));
+    let child = Process::new(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "run", "--kernel", &kernel, "--memory", "size=64M", "--cpus", "2",
+        ])
+        .arg(format!("--serial=file={serial}"))
+        .arg(format!("--qmp=unix:{sock}"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("vmm starts");
+    wait_until(20, "the guest's first output", || {
+        !counter_values(&read_log(&serial)).is_empty()
+    });
+    Server {
+        path: PathBuf::from(sock),
+        serial,
+        dir,
+        child,
+    }
 }
 
 fn workspace() -> PathBuf {
@@ -93,16 +77,20 @@ fn qemu_qmp_python_client() {
         );
         return;
     }
-    let s = start();
-    let out = Process::new(&python)
-        .arg(workspace().join("tests/qmp/test_protocol.py"))
-        .env("QMP_SOCKET", &s.path)
-        .output()
-        .expect("python runs");
-    assert!(out.status.success(), "{}", show(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("\nOK"), "{}", show(&out));
-    eprintln!("{stderr}");
+    for script in ["test_protocol.py", "test_vm.py"] {
+        let s = start(&format!("qmp-py-{script}"), &[]);
+        let out = Process::new(&python)
+            .arg(workspace().join("tests/qmp").join(script))
+            .env("QMP_SOCKET", &s.path)
+            .env("VM_SERIAL", &s.serial)
+            .env("VM_DIR", &s.dir.0)
+            .output()
+            .expect("python runs");
+        assert!(out.status.success(), "{script}: {}", show(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("\nOK"), "{script}: {}", show(&out));
+        eprintln!("{stderr}");
+    }
 }
 
 fn ctl(args: &[&str]) -> Output {
@@ -115,7 +103,7 @@ fn ctl(args: &[&str]) -> Output {
 
 #[test]
 fn vmm_ctl_exit_statuses_and_output() {
-    let s = start();
+    let s = start("qmp-ctl", &[]);
     let sock = s.path.to_str().unwrap();
 
     let o = ctl(&["--qmp", sock, "query-status"]);

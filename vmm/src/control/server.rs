@@ -318,6 +318,32 @@ impl EventSender {
         }
     }
 
+    /// As [`EventSender::emit`], then waits (at most `timeout`) until the
+    /// event is written to the client: for the last event before the
+    /// process ends (SHUTDOWN), which would otherwise die in the queue.
+    pub fn emit_and_flush(&self, event: &str, data: Option<Value>, timeout: Duration) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let bytes = protocol::event_line(event, data.as_ref(), now);
+        let (tx, rx) = mpsc::channel();
+        {
+            let mut slot = self.shared.lock();
+            if !slot.as_ref().is_some_and(|c| c.negotiated)
+                || !enqueue(
+                    &mut slot,
+                    Line {
+                        bytes,
+                        ack: Some(tx),
+                    },
+                )
+            {
+                return;
+            }
+        }
+        let _ = rx.recv_timeout(timeout);
+    }
+
     /// Whether a client past `qmp_capabilities` is connected now.
     pub fn has_client(&self) -> bool {
         self.shared.lock().as_ref().is_some_and(|c| c.negotiated)

@@ -133,6 +133,13 @@ impl Controller {
         }
     }
 
+    /// The last event before the process ends: waits until it is written.
+    pub fn emit_last(&self, event: &str, data: Option<Value>) {
+        if let Some(e) = self.events.get() {
+            e.emit_and_flush(event, data, std::time::Duration::from_secs(1));
+        }
+    }
+
     /// Ends the process with `why` (the first reason wins).
     pub fn finish(&self, why: RunEnd) {
         let mut r = lock(&self.end_reason);
@@ -173,7 +180,7 @@ impl Controller {
             VmExit::Reboot => "guest-reset",
             VmExit::Failed(_) => "guest-panic",
         };
-        self.emit("SHUTDOWN", Some(json!({"guest": true, "reason": reason})));
+        self.emit_last("SHUTDOWN", Some(json!({"guest": true, "reason": reason})));
         self.finish(RunEnd::Vm(why));
     }
 

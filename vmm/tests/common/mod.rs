@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-pub struct Dir(PathBuf);
+pub struct Dir(pub PathBuf);
 
 impl Dir {
     pub fn new(tag: &str) -> Self {
