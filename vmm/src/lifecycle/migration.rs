@@ -249,13 +249,20 @@ pub fn incoming(ctl: &Arc<Controller>, uri: &StreamUri) -> Result<(), (String, b
     };
     let run = restored.saved_running && *lock(&ctl.autostart);
     ctl.install(restored.machine);
-    ctl.set_state(RunState::Paused);
-    set_status(ctl, MigrationStatus::Completed);
+    // The run state goes straight from inmigrate to running (or paused),
+    // as in QEMU: a client polling query-status never sees a stop between.
     if run {
-        if let Err(e) = ctl.cont() {
+        if let Err(e) = ctl.with_machine(|m| m.resume()) {
+            ctl.set_state(RunState::Paused);
+            set_status(ctl, MigrationStatus::Completed);
             return Err((format!("the restored VM could not be resumed: {e}"), false));
         }
+        ctl.set_state(RunState::Running);
+        ctl.emit("RESUME", None);
+    } else {
+        ctl.set_state(RunState::Paused);
     }
+    set_status(ctl, MigrationStatus::Completed);
     info!(
         "incoming migration from {uri} completed; the VM is {}",
         ctl.state().as_str()
