@@ -38,6 +38,9 @@ L1_MODULES = ["kvm_amd", "tun", "vhost_net"]
 L2_MODULES = [
     "virtio", "virtio_ring", "virtio_mmio", "virtio_pci", "virtio_blk",
     "virtio_net", "virtio_balloon", "virtio_mem",
+    # The ACPI power button (through the Generic Event Device) and the
+    # input events it sends: what QMP system_powerdown presses.
+    "button", "evdev",
 ]
 # Firmware QEMU may look for in L1, relative to the sysroot. microvm needs
 # only bios-microvm.bin (qboot); the rest is for -M pc / q35 and PCI NICs.
