@@ -433,3 +433,103 @@ fn x_ignore_shared_leaves_file_ram_out_and_a_clone_runs_from_the_file() {
         "{err}"
     );
 }
+
+/// The sections of a snapshot file by name, and its RAM chunks.
+fn sections(path: &str) -> (Vec<(String, Vec<u8>)>, Vec<(u64, Vec<u8>)>) {
+    use vmm::snapshot::format::{RamSink, Reader};
+    struct Collect(Vec<(u64, Vec<u8>)>);
+    impl RamSink for Collect {
+        fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), String> {
+            self.0.push((gpa, data.to_vec()));
+            Ok(())
+        }
+    }
+    let mut r = Reader::new(fs::File::open(path).unwrap()).unwrap();
+    let mut all = vec![("config".to_string(), r.config().to_vec())];
+    all.extend(r.sections().unwrap());
+    let mut ram = Collect(Vec::new());
+    r.ram_and_end(&mut ram).unwrap();
+    (all, ram.0)
+}
+
+#[test]
+fn save_restore_save_again_gives_the_same_state() {
+    let dir = Dir::new("snap-again");
+    let (q1, s1, a, b) = (dir.path("q1"), dir.path("s1"), dir.path("a"), dir.path("b"));
+    let vm = boot_counter(&dir, &q1, &s1, &["--cpus", "2"], 2);
+    let mut qmp = Qmp::connect(q1.as_ref());
+    qmp.ok("stop", json!({}));
+    qmp.ok("migrate", json!({"uri": format!("file:{a}")}));
+    assert_eq!(qmp.wait_migration()["status"], "completed");
+    vm.kill9();
+
+    let q2 = dir.path("q2");
+    let _vm2 = Vmm::start(&[
+        "--memory",
+        "size=64M",
+        "--cpus",
+        "2",
+        &format!("--serial=file={}", dir.path("s2")),
+        &format!("--qmp=unix:{q2}"),
+        &format!("--incoming=file:{a}"),
+    ]);
+    let mut qmp2 = Qmp::connect(q2.as_ref());
+    wait_until(20, "the restore", || {
+        qmp2.ok("query-status", json!({}))["status"] == "paused"
+    });
+    qmp2.ok("migrate", json!({"uri": format!("file:{b}")}));
+    assert_eq!(qmp2.wait_migration()["status"], "completed");
+
+    let (sa, ram_a) = sections(&a);
+    let (sb, ram_b) = sections(&b);
+    let names = |s: &[(String, Vec<u8>)]| s.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&sa), names(&sb));
+    assert!(
+        ram_a == ram_b,
+        "guest RAM differs after a restore and a second save"
+    );
+    // Time goes on while the VM is stopped between the two saves: the
+    // kvmclock and the TSC (an MSR, and the PIT's count) may differ; every
+    // other byte of state must be the same.
+    let mut differ = Vec::new();
+    for ((name, x), (_, y)) in sa.iter().zip(&sb) {
+        if x != y {
+            differ.push(name.clone());
+        }
+    }
+    let allowed = ["vm", "vcpu0", "vcpu1"];
+    assert!(
+        differ.iter().all(|n| allowed.contains(&n.as_str())),
+        "sections that changed: {differ:?}"
+    );
+    for name in ["vcpu0", "vcpu1"] {
+        let x = &sa.iter().find(|(n, _)| n == name).unwrap().1;
+        let y = &sb.iter().find(|(n, _)| n == name).unwrap().1;
+        let va: vmm::vstate::VcpuState = vmm::snapshot::decode(name, x).unwrap();
+        let vb: vmm::vstate::VcpuState = vmm::snapshot::decode(name, y).unwrap();
+        assert_eq!(va.regs.rip, vb.regs.rip, "{name}");
+        assert_eq!(format!("{:?}", va.regs), format!("{:?}", vb.regs), "{name}");
+        assert_eq!(
+            format!("{:?}", va.sregs),
+            format!("{:?}", vb.sregs),
+            "{name}"
+        );
+        assert_eq!(va.xsave, vb.xsave, "{name}");
+        assert_eq!(
+            format!("{:?}", va.lapic.regs),
+            format!("{:?}", vb.lapic.regs),
+            "{name}"
+        );
+        assert_eq!(va.mp_state.mp_state, vb.mp_state.mp_state, "{name}");
+        assert_eq!(va.cpuid.len(), vb.cpuid.len(), "{name}");
+        // MSRs: the same set; values equal except the TSC (0x10).
+        let msrs = |v: &vmm::vstate::VcpuState| {
+            v.msrs
+                .iter()
+                .filter(|m| m.index != 0x10)
+                .map(|m| (m.index, m.data))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(msrs(&va), msrs(&vb), "{name}");
+    }
+}

@@ -135,8 +135,14 @@ impl SavedConfig {
     }
 
     /// Takes over what the command line left to chance: the MAC of a NIC
-    /// given without `mac=` is the saved one (the guest knows it).
+    /// given without `mac=` is the saved one (the guest knows it); without
+    /// `--kernel`, the saved kernel and command line are recorded again
+    /// when this VM is saved.
     pub fn adopt_into(&self, cfg: &mut VmConfig) {
+        if cfg.kernel.as_os_str().is_empty() {
+            cfg.kernel = self.kernel.clone();
+            cfg.cmdline = self.cmdline.clone();
+        }
         for (i, n) in cfg.nets.iter_mut().enumerate() {
             if !cfg.mac_given.get(i).copied().unwrap_or(true) {
                 if let Some(saved) = self.nets.get(i) {
