@@ -434,10 +434,14 @@ fn x_ignore_shared_leaves_file_ram_out_and_a_clone_runs_from_the_file() {
     );
 }
 
+/// Named sections, and RAM chunks by guest address.
+type Sections = Vec<(String, Vec<u8>)>;
+type RamChunks = Vec<(u64, Vec<u8>)>;
+
 /// The sections of a snapshot file by name, and its RAM chunks.
-fn sections(path: &str) -> (Vec<(String, Vec<u8>)>, Vec<(u64, Vec<u8>)>) {
+fn sections(path: &str) -> (Sections, RamChunks) {
     use vmm::snapshot::format::{RamSink, Reader};
-    struct Collect(Vec<(u64, Vec<u8>)>);
+    struct Collect(RamChunks);
     impl RamSink for Collect {
         fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), String> {
             self.0.push((gpa, data.to_vec()));
@@ -482,7 +486,7 @@ fn save_restore_save_again_gives_the_same_state() {
 
     let (sa, ram_a) = sections(&a);
     let (sb, ram_b) = sections(&b);
-    let names = |s: &[(String, Vec<u8>)]| s.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    let names = |s: &Sections| s.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
     assert_eq!(names(&sa), names(&sb));
     assert!(
         ram_a == ram_b,
