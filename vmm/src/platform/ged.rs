@@ -13,6 +13,8 @@ use crate::bus::BusDevice;
 
 /// The power button was pressed: `_EVT` notifies `\_SB.PWRB` with 0x80.
 pub const EVENT_POWER_BUTTON: u8 = 1 << 0;
+/// Every event the DSDT's `_EVT` method handles.
+pub const EVENTS_ALL: u8 = EVENT_POWER_BUTTON;
 
 pub struct Ged {
     pending: u8,
@@ -23,6 +25,19 @@ pub struct Ged {
 pub struct GedState {
     /// Events raised and not yet read by the guest.
     pub pending: u8,
+}
+
+impl GedState {
+    /// Saved events must be ones the guest's `_EVT` knows.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.pending & !EVENTS_ALL != 0 {
+            return Err(format!(
+                "pending events {:#x} include bits the platform does not define",
+                self.pending
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Ged {

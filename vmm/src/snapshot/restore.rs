@@ -75,6 +75,10 @@ pub fn restore<R: Read>(cfg: &mut VmConfig, input: R) -> Result<RestoredVm, Snap
         false => None,
     };
     let ged: GedState = sections.decode("ged")?;
+    ged.validate().map_err(|reason| SnapshotError::BadSection {
+        name: "ged".into(),
+        reason,
+    })?;
     let ids: Vec<String> = cfg
         .disks
         .iter()
