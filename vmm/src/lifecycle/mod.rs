@@ -196,6 +196,12 @@ impl Controller {
         }
     }
 
+    /// Boot RAM is a shared file (x-ignore-shared leaves it out of a save).
+    fn ram_left_in_file(&self) -> bool {
+        let cfg = lock(&self.cfg);
+        cfg.memory.backing.share && matches!(cfg.memory.backing.kind, devices::ram::BackingKind::File(_))
+    }
+
     /// Pauses a running VM (QMP stop): STOP once the vCPUs are parked.
     pub fn stop(&self) -> Result<(), String> {
         match self.state() {
@@ -227,7 +233,15 @@ impl Controller {
             RunState::Shutdown => {
                 return Err("the guest has shut down; the VM cannot resume".into())
             }
-            RunState::Paused | RunState::PostMigrate => {}
+            RunState::Paused => {}
+            RunState::PostMigrate => {
+                if lock(&self.migration).ignore_shared && self.ram_left_in_file() {
+                    // The snapshot left RAM in the file, which the guest
+                    // now changes: restoring that snapshot afterwards
+                    // would pair its vCPU state with newer memory.
+                    warn!("cont after a save with x-ignore-shared: the guest now writes the RAM file the snapshot relies on, so that snapshot can no longer be restored correctly");
+                }
+            }
         }
         self.with_machine(|m| m.resume())?;
         self.set_state(RunState::Running);
