@@ -16,8 +16,10 @@ tests/lab/run; `python3 tests/lab/images.py` builds both images alone.
 """
 
 import gzip
+import json
 import lzma
 import os
+import re
 import shlex
 import stat
 import struct
@@ -273,6 +275,69 @@ def add_executable(cpio, env, src, dest, added_libs):
             cpio.file(dest_lib, os.path.realpath(path), 0o755)
 
 
+# The venv scripts/setup.sh makes, with the qemu.qmp package: its
+# interpreter and the modules the "qmp" scenario's client imports are
+# carried into L1 (at their host paths), so that QEMU's own Python client
+# drives vmm there.
+VENV = os.path.join(REPO, "target", "qmp-venv")
+QMP_CLIENT = os.path.join(LAB, "qmp_client.py")
+# Run by the venv's interpreter (without site, as in L1): imports the
+# client without running it and prints what it took.
+_LIST_MODULES = r"""
+import importlib.util, json, os, sys
+site = os.path.join(sys.argv[2], "lib", "python%d.%d" % sys.version_info[:2], "site-packages")
+sys.path.insert(0, site)
+spec = importlib.util.spec_from_file_location("qmp_client", sys.argv[1])
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
+files = sorted({m.__file__ for m in list(sys.modules.values())
+                if getattr(m, "__file__", None) and os.path.isfile(m.__file__)})
+print(json.dumps({"python": os.path.realpath(sys.executable), "site": site, "files": files}))
+"""
+
+
+def stripped(path):
+    """A copy of the ELF file at `path` without its symbols, cached in work/."""
+    out = os.path.join(WORK, "images", "stripped", path.lstrip("/").replace("/", "_"))
+    if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(path):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        subprocess.run(["strip", "--strip-unneeded", "-o", out + ".tmp", os.path.realpath(path)], check=True)
+        os.replace(out + ".tmp", out)
+    return out
+
+
+def add_python_qmp(cpio, env, libs):
+    """The venv's interpreter, the modules the qmp client needs (each
+    extension module with its libraries) and /lab/python/run, which runs
+    a script with them. Returns False when there is no venv."""
+    py = os.path.join(VENV, "bin", "python")
+    if not os.path.exists(py):
+        return False
+    out = subprocess.run([py, "-S", "-c", _LIST_MODULES, QMP_CLIENT, VENV],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError("listing the qmp client's modules with %s: %s" % (py, out.stderr.strip()))
+    info = json.loads(out.stdout)
+    # libpython (pyenv builds it with debug info) goes in stripped; the
+    # interpreter finds it where ldd found it.
+    ldd = subprocess.run(["ldd", info["python"]], capture_output=True, text=True).stdout
+    for line in ldd.splitlines():
+        m = re.search(r"=> (\S*libpython\S*) ", line)
+        if m and m.group(1) not in libs:
+            libs.add(m.group(1))
+            cpio.file(m.group(1).lstrip("/"), stripped(m.group(1)), 0o755)
+    add_executable(cpio, env, info["python"], info["python"].lstrip("/"), libs)
+    for f in info["files"]:
+        if f.endswith(".so"):
+            add_executable(cpio, env, f, f.lstrip("/"), libs)
+        else:
+            cpio.file(f.lstrip("/"), f, 0o644)
+    run = "#!/bin/sh\nPYTHONPATH=%s PYTHONUTF8=1 PYTHONDONTWRITEBYTECODE=1 exec %s -S \"$@\"\n" % (
+        info["site"], info["python"])
+    cpio.data("lab/python/run", run.encode(), 0o755)
+    cpio.file("lab/qmp_client.py", QMP_CLIENT, 0o644)
+    return True
+
+
 def scenario_names():
     """scenarios/NAME.sh; NAME.l2.sh and NAME.common.sh are parts of NAME."""
     return sorted(fn[:-3] for fn in os.listdir(SCENARIOS)
@@ -376,6 +441,8 @@ def build_l1(env, out, l2_image):
         elif fw in REQUIRED_FIRMWARE:
             raise RuntimeError("QEMU firmware %s missing in %s" % (fw, sysroot))
     carried = []
+    if add_python_qmp(cpio, env, libs):
+        carried.append("python+qemu.qmp")
     for path in project_binaries():
         add_executable(cpio, env, path, "usr/local/bin/" + os.path.basename(path), libs)
         carried.append(os.path.basename(path))

@@ -153,7 +153,7 @@ impl Controller {
     fn install(self: &Arc<Self>, m: Machine) {
         let exit = m.exit.clone();
         *lock(&self.machine) = Some(m);
-        qmp::watch_balloon(self);
+        qmp::watch_devices(self);
         let me = self.clone();
         let spawned = thread::Builder::new()
             .name("vm-watch".into())

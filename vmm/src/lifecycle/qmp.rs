@@ -269,16 +269,35 @@ fn peripheral_id(path: &str) -> Result<String, QmpError> {
         })
 }
 
-/// Wires the balloon's size reports to BALLOON_CHANGE.
-pub fn watch_balloon(ctl: &Arc<Controller>) {
-    let me = Arc::downgrade(ctl);
+/// Wires the balloon's size reports to BALLOON_CHANGE and each
+/// virtio-mem device's plugged size to MEMORY_DEVICE_SIZE_CHANGE.
+pub fn watch_devices(ctl: &Arc<Controller>) {
     let _ = ctl.with_machine(|m| {
         if let Some(b) = m.balloon() {
+            let me = Arc::downgrade(ctl);
             lock_dev(b, "--balloon").set_actual_listener(Box::new(move |actual| {
                 if let Some(c) = me.upgrade() {
                     c.emit("BALLOON_CHANGE", Some(json!({ "actual": actual })));
                 }
             }));
+        }
+        for slot in &m.slots {
+            if let DeviceHandle::Mem(d) = &slot.device {
+                let me = Arc::downgrade(ctl);
+                let id = slot.id.clone();
+                lock_dev(d, &slot.name).set_size_listener(Box::new(move |size| {
+                    if let Some(c) = me.upgrade() {
+                        c.emit(
+                            "MEMORY_DEVICE_SIZE_CHANGE",
+                            Some(json!({
+                                "id": id,
+                                "size": size,
+                                "qom-path": format!("{PERIPHERAL}{id}"),
+                            })),
+                        );
+                    }
+                }));
+            }
         }
         Ok(())
     });

@@ -156,6 +156,9 @@ pub struct Mem {
     pub(super) usable_region_size: u64,
     pub(super) requested_size: u64,
     pub(super) plugged: BlockBitmap,
+    /// Told the plugged size in bytes whenever requests change it: QMP's
+    /// MEMORY_DEVICE_SIZE_CHANGE. Not saved.
+    size_listener: Option<Box<dyn Fn(u64) + Send>>,
 }
 
 impl Mem {
@@ -279,6 +282,7 @@ impl Mem {
             usable_region_size: config.size,
             requested_size: requested,
             plugged: BlockBitmap::new(blocks),
+            size_listener: None,
         })
     }
 
@@ -339,6 +343,12 @@ impl Mem {
                 )
             })
             .collect()
+    }
+
+    /// Calls `f` with the plugged size in bytes each time the guest's
+    /// requests change it.
+    pub fn set_size_listener(&mut self, f: Box<dyn Fn(u64) + Send>) {
+        self.size_listener = Some(f);
     }
 
     /// Asks the guest to plug or unplug until `bytes` are plugged (a control
@@ -763,7 +773,13 @@ impl VirtioDevice for Mem {
             );
             return;
         }
+        let before = self.plugged.count();
         self.process_queue();
+        if self.plugged.count() != before {
+            if let Some(f) = &self.size_listener {
+                f(self.plugged_size());
+            }
+        }
     }
 
     fn reset(&mut self) {
