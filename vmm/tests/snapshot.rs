@@ -103,6 +103,19 @@ fn boot_counter(dir: &Dir, q: &str, serial: &str, extra: &[&str], lines: usize) 
     vmm
 }
 
+/// Resumes a restored VM, and checks its counter goes on from `saved`
+/// (the COM1 output before the save).
+fn cont_and_check(qmp: &mut Qmp, serial: &str, saved: &str) {
+    qmp.ok("cont", json!({}));
+    wait_until(20, "output after cont", || {
+        !counter_values(&read_log(serial)).is_empty()
+    });
+    assert_contiguous(
+        &counter_values(&(saved.to_string() + &read_log(serial))),
+        "output across the restore",
+    );
+}
+
 /// Every value once, in order, from 1: nothing lost, nothing repeated.
 fn assert_contiguous(values: &[u64], what: &str) {
     assert!(!values.is_empty(), "{what}: no counter output");
@@ -191,15 +204,8 @@ fn a_vm_saved_paused_comes_back_paused_and_cont_runs_it() {
         "",
         "a VM saved paused must not run before cont"
     );
-    qmp2.ok("cont", json!({}));
+    cont_and_check(&mut qmp2, &s2, &saved);
     qmp2.wait_event("RESUME");
-    wait_until(20, "output after cont", || {
-        !counter_values(&read_log(&s2)).is_empty()
-    });
-    assert_contiguous(
-        &counter_values(&(saved + &read_log(&s2))),
-        "output across the restore",
-    );
 }
 
 #[test]
@@ -361,14 +367,7 @@ fn a_failed_migrate_incoming_stays_in_inmigrate_and_takes_another() {
     assert_eq!(qmp2.wait_migration()["status"], "completed");
     // Saved running, but started with -S: it waits for cont, as QEMU does.
     assert_eq!(qmp2.ok("query-status", json!({}))["status"], "paused");
-    qmp2.ok("cont", json!({}));
-    wait_until(20, "output after cont", || {
-        !counter_values(&read_log(&s2)).is_empty()
-    });
-    assert_contiguous(
-        &counter_values(&(saved + &read_log(&s2))),
-        "output across the restore",
-    );
+    cont_and_check(&mut qmp2, &s2, &saved);
 }
 
 /// x-ignore-shared: a template's RAM stays in its file; a clone maps the

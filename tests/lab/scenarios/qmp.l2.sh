@@ -21,6 +21,7 @@ while :; do
         [ "$(cat "$s")" = offline ] && echo online_movable >"$s" 2>/dev/null
     done
     echo "LAB-L2-QMP-MEM total=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)" \
-        "avail=$(sed -n 's/^MemAvailable: *\([0-9]*\) kB/\1/p' /proc/meminfo)"
+        "avail=$(sed -n 's/^MemAvailable: *\([0-9]*\) kB/\1/p' /proc/meminfo)" \
+        "blocks=$(ls -d $mem/memory* | wc -l) online=$(cat $mem/memory*/state | grep -c '^online')"
     usleep 300000
 done

@@ -199,7 +199,8 @@ impl Controller {
     /// Boot RAM is a shared file (x-ignore-shared leaves it out of a save).
     fn ram_left_in_file(&self) -> bool {
         let cfg = lock(&self.cfg);
-        cfg.memory.backing.share && matches!(cfg.memory.backing.kind, devices::ram::BackingKind::File(_))
+        cfg.memory.backing.share
+            && matches!(cfg.memory.backing.kind, devices::ram::BackingKind::File(_))
     }
 
     /// Pauses a running VM (QMP stop): STOP once the vCPUs are parked.

@@ -776,6 +776,12 @@ impl VirtioDevice for Mem {
         let before = self.plugged.count();
         self.process_queue();
         if self.plugged.count() != before {
+            info!(
+                "{}: {} plugged (requested {})",
+                self.config.device_name(),
+                format_size(self.plugged_size()),
+                format_size(self.requested_size)
+            );
             if let Some(f) = &self.size_listener {
                 f(self.plugged_size());
             }

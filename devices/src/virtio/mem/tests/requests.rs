@@ -371,3 +371,20 @@ fn a_queue_never_made_ready_is_left_alone() {
     assert_eq!(dev.common().status & STATUS_NEEDS_RESET, 0);
     assert!(log.take().is_empty());
 }
+
+/// What QMP's MEMORY_DEVICE_SIZE_CHANGE reports: the listener hears the
+/// plugged size after each notification that changed it, and only then.
+#[test]
+fn the_size_listener_hears_each_change() {
+    use std::sync::{Arc, Mutex};
+    let mut vm = anon_vm(8 * MIB);
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let h = heard.clone();
+    vm.dev
+        .set_size_listener(Box::new(move |size| h.lock().unwrap().push(size)));
+    assert_eq!(vm.state(0, 2), (ACK, VIRTIO_MEM_STATE_UNPLUGGED));
+    assert_eq!(vm.plug(0, 2), ACK);
+    assert_eq!(vm.plug(0, 1), ERROR);
+    assert_eq!(vm.call(VIRTIO_MEM_REQ_UNPLUG, block(1), 1), ACK);
+    assert_eq!(*heard.lock().unwrap(), vec![2 * BLOCK, BLOCK]);
+}
