@@ -32,9 +32,12 @@ fn start(tag: &str, extra: &[&str]) -> Server {
     fs::write(&kernel, bzimage(COUNTER)).unwrap();
     let (sock, serial) = (dir.path("qmp"), dir.path("serial"));
     let child = Process::new(env!("CARGO_BIN_EXE_vmm"))
-        .args([
-            "run", "--kernel", &kernel, "--memory", "size=64M", "--cpus", "2",
-        ])
+        .args(["run", "--kernel", &kernel, "--cpus", "2"])
+        .args(if extra.iter().any(|a| a.starts_with("--memory")) {
+            &[][..]
+        } else {
+            &["--memory", "size=64M"][..]
+        })
         .arg(format!("--serial=file={serial}"))
         .arg(format!("--qmp=unix:{sock}"))
         .args(extra)
@@ -164,4 +167,36 @@ fn vmm_ctl_exit_statuses_and_output() {
 
     let o = ctl(&["--qmp", sock]);
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+}
+
+/// On a template clone's RAM (a private mapping of the template file) a
+/// balloon cannot give memory back: QMP `balloon` below the RAM size is
+/// refused with the RAM policy's message, and the VM runs on.
+#[test]
+fn balloon_on_template_clone_ram_is_refused_and_the_vm_runs_on() {
+    let dir = Dir::new("qmp-clone-balloon");
+    let ram = dir.path("template-ram");
+    fs::write(&ram, vec![0u8; 64 << 20]).unwrap();
+    let mem = format!("--memory=size=64M,backing=file,path={ram},share=off,readonly=on,rom=off");
+    let s = start("qmp-clone-balloon", &[&mem, "--balloon"]);
+    let sock = s.path.to_str().unwrap();
+    let o = ctl(&["--qmp", sock, "balloon", r#"{"value": 33554432}"#]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("GenericError")
+            && err.contains("balloon")
+            && err.contains("template clone's RAM")
+            && err.contains("leave target unset"),
+        "{err}"
+    );
+    let o = ctl(&["--qmp", sock, "query-status"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("\"running\""),
+        "{}",
+        show(&o)
+    );
+    // A target at the RAM size inflates nothing and is allowed.
+    let o = ctl(&["--qmp", sock, "balloon", r#"{"value": 67108864}"#]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
 }
