@@ -3,7 +3,7 @@
 x-ignore-shared, then clones restored from it, vmm beside QEMU 10 and
 QEMU 7.2 in the same run.
 
-    scripts/bench-restore.py [--runs N] [--vmm PATH]
+    scripts/bench-restore.py [--runs N] [--vmm PATH] [--only vmm]
 
 The guest is the same for every VMM: a PVH ELF whose 32-bit entry writes
 'x' to COM1 in a loop. The template (RAM in a file, share=on) runs, is
@@ -274,17 +274,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--vmm", default=os.path.join(ROOT, "target/release/vmm"))
+    ap.add_argument("--only", choices=["vmm"], help="measure vmm alone (no QEMU needed)")
     a = ap.parse_args()
     kernel_dir = tempfile.mkdtemp(prefix="bench-restore-kernel-")
     kernel = os.path.join(kernel_dir, "tiny.elf")
     with open(kernel, "wb") as f:
         f.write(pvh_elf(CODE))
     vmms = [Vmm("vmm", a.vmm)]
-    if shutil.which("qemu-system-x86_64"):
+    if a.only:
+        pass
+    elif shutil.which("qemu-system-x86_64"):
         vmms.append(Vmm("QEMU 10", shutil.which("qemu-system-x86_64"), qemu=True))
     sysroot = os.path.join(ROOT, "tests/lab/work/sysroot")
     q72 = os.path.join(sysroot, "usr/bin/qemu-system-x86_64")
-    if os.path.exists(q72):
+    if os.path.exists(q72) and not a.only:
         libs = [os.path.join(sysroot, p) for p in ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu")]
         env = dict(os.environ, LD_LIBRARY_PATH=":".join(libs))
         vmms.append(Vmm("QEMU 7.2", q72, env=env, qemu=True, rom=False,

@@ -3,7 +3,9 @@
 # validate a template and a clone configuration, show the policy refusing
 # a clone setup that would silently break, then boot Debian's stock kernel
 # with vmm and show the guest using its disk (in the nested lab when this
-# host's KVM cannot boot stock kernels, as on PVM hosts).
+# host's KVM cannot boot stock kernels, as on PVM hosts), save a running
+# guest over QMP, kill the VMM and restore it in a new process, and start
+# clones of a saved tiny VM whose RAM stays in a shared file.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p vmm
@@ -34,4 +36,8 @@ if $vmm run --dry-run --kernel "$work/bzImage" \
 fi
 echo "== Debian's stock kernel booted by vmm, 2 vCPUs, a disk written and read back"
 tests/lab/run boot block || exit 1
+echo "== a Linux guest saved mid-run over QMP, vmm killed, restored in a new process"
+tests/lab/run snapshot || exit 1
+echo "== clones of a 64 MiB VM whose RAM stays in its file (x-ignore-shared), on this host's KVM"
+python3 scripts/bench-restore.py --only vmm --runs 5 || exit 1
 echo "demo: ok"

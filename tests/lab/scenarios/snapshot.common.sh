@@ -101,7 +101,7 @@ snap_run() {
     snap_counts $s1 $s2 | awk -v n=$SNAP_RECORDS '
         $1 != NR { print "count " NR " reads " $1 " (saved at '"$saved"')"; bad = 1; exit 1 }
         END { if (!bad && NR != n) { print "counted to " NR " of " n; exit 1 } }' >/tmp/snap.check ||
-        lab_fail "the counter is not contiguous across the restore: $(cat /tmp/snap.check)"
+        lab_fail "the counter is not contiguous across the restore: $(cat /tmp/snap.check); COM1 before the save ends with [$(tail -c 80 $s1 | od -An -c | tr -s ' \n' ' ')], after the restore begins with [$(head -c 80 $s2 | od -An -c | tr -s ' \n' ' ')]"
     first=$(snap_counts $s2 | head -n1)
 
     # The disk: sector N holds record N, for every N, once.

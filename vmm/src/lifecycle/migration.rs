@@ -235,7 +235,8 @@ pub fn incoming(ctl: &Arc<Controller>, uri: &StreamUri) -> Result<(), (String, b
         set_status(ctl, MigrationStatus::Active);
         let mut cfg = lock(&ctl.cfg).clone();
         let mut source = source;
-        let restored = restore::restore(&mut cfg, &mut source)?;
+        let prepared = ctl.take_prepared();
+        let restored = restore::restore(&mut cfg, &mut source, prepared)?;
         source.finish()?;
         Ok(restored)
     })();

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use crate::config::VmConfig;
 use crate::control::{EventSender, QmpListen, QmpServer};
 use crate::exit::{ExitSignal, VmExit};
+use crate::machine::build::Prepared;
 use crate::machine::{self, Machine, MachineError};
 use crate::snapshot::uri::StreamUri;
 
@@ -93,6 +94,8 @@ pub struct Controller {
     /// -S, or `stop` while in `inmigrate`: a restored VM stays paused.
     autostart: Mutex<bool>,
     machine: Mutex<Option<Machine>>,
+    /// RAM and a VM made while waiting in `-incoming defer`.
+    prepared: Mutex<Option<thread::JoinHandle<Option<Prepared>>>>,
     state: Mutex<RunState>,
     migration: Mutex<MigrationInfo>,
     events: OnceLock<EventSender>,
@@ -111,6 +114,7 @@ impl Controller {
             cfg: Mutex::new(cfg),
             autostart: Mutex::new(!start_paused),
             machine: Mutex::new(None),
+            prepared: Mutex::new(None),
             state: Mutex::new(state),
             migration: Mutex::new(MigrationInfo::default()),
             events: OnceLock::new(),
@@ -203,6 +207,32 @@ impl Controller {
             && matches!(cfg.memory.backing.kind, devices::ram::BackingKind::File(_))
     }
 
+    /// Starts making RAM and the KVM VM from the command line in the
+    /// background, for the incoming snapshot to use.
+    fn start_preparing(&self) {
+        let cfg = lock(&self.cfg).clone();
+        let spawned = thread::Builder::new()
+            .name("prepare".into())
+            .spawn(move || match machine::build::prepare(&cfg) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    // The restore will build them itself and report the error.
+                    warn!("preparing the VM before the incoming migration failed: {e}");
+                    None
+                }
+            });
+        match spawned {
+            Ok(h) => *lock(&self.prepared) = Some(h),
+            Err(e) => warn!("cannot prepare the VM in the background: {e}"),
+        }
+    }
+
+    /// What `start_preparing` made, once; None after the first call.
+    pub fn take_prepared(&self) -> Option<Prepared> {
+        let h = lock(&self.prepared).take()?;
+        h.join().ok().flatten()
+    }
+
     /// Pauses a running VM (QMP stop): STOP once the vCPUs are parked.
     pub fn stop(&self) -> Result<(), String> {
         match self.state() {
@@ -282,7 +312,10 @@ pub fn run(cfg: VmConfig, opts: RunOptions) -> Result<RunEnd, MachineError> {
             let m = machine::boot(&cfg, opts.start_paused)?;
             ctl.install(m);
         }
-        Some(Incoming::Defer) => info!("waiting for an incoming migration (QMP migrate-incoming)"),
+        Some(Incoming::Defer) => {
+            ctl.start_preparing();
+            info!("waiting for an incoming migration (QMP migrate-incoming)")
+        }
         Some(Incoming::Uri(uri)) => {
             if let Err((reason, config)) = migration::incoming(&ctl, &uri) {
                 return Ok(RunEnd::IncomingFailed { reason, config });

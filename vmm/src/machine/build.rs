@@ -162,7 +162,7 @@ pub fn boot(cfg: &VmConfig, paused: bool) -> Result<Machine, MachineError> {
         warn!("this host's KVM is PVM (kvm_pvm): only kernels built for PVM boot here, and a stock kernel will hang without output; `vmm host-check` explains");
     }
     let ram = Arc::new(build_guest_ram(cfg)?);
-    assemble(cfg, ram, None, paused)
+    assemble(cfg, ram, None, None, paused)
 }
 
 /// Builds the VM around restored RAM and `saved` states, and starts the
@@ -170,10 +170,28 @@ pub fn boot(cfg: &VmConfig, paused: bool) -> Result<Machine, MachineError> {
 pub fn restore(
     cfg: &VmConfig,
     ram: Arc<GuestRam>,
+    vm: Option<Vm>,
     saved: &Restored,
     paused: bool,
 ) -> Result<Machine, MachineError> {
-    assemble(cfg, ram, Some(saved), paused)
+    assemble(cfg, ram, vm, Some(saved), paused)
+}
+
+/// Guest RAM and an empty KVM VM with that RAM in its memory slots, made
+/// from the command line alone while a VM waits for its incoming
+/// snapshot: installing a memory slot is the slowest step of building a
+/// VM on some hosts (milliseconds), and it then no longer delays the
+/// restore. Nothing of the snapshot is involved, and no vCPU exists.
+pub struct Prepared {
+    pub ram: Arc<GuestRam>,
+    pub vm: Vm,
+}
+
+pub fn prepare(cfg: &VmConfig) -> Result<Prepared, MachineError> {
+    let ram = Arc::new(build_guest_ram(cfg)?);
+    let vm = Vm::new(cfg.cpus)?;
+    vm.map_ram(&ram)?;
+    Ok(Prepared { ram, vm })
 }
 
 /// Builds or restores every virtio device, in window order.
@@ -258,6 +276,7 @@ fn virtio_devices(
 fn assemble(
     cfg: &VmConfig,
     ram: Arc<GuestRam>,
+    vm: Option<Vm>,
     saved: Option<&Restored>,
     paused: bool,
 ) -> Result<Machine, MachineError> {
@@ -281,8 +300,14 @@ fn assemble(
     // Devices first: a state they refuse stops the restore before KVM.
     let devices = virtio_devices(cfg, &ram, saved)?;
 
-    let vm = Vm::new(cfg.cpus)?;
-    vm.map_ram(&ram)?;
+    let vm = match vm {
+        Some(vm) => vm,
+        None => {
+            let vm = Vm::new(cfg.cpus)?;
+            vm.map_ram(&ram)?;
+            vm
+        }
+    };
     let exit = Arc::new(ExitSignal::new().map_err(host("creating the exit eventfd"))?);
 
     let mut pio = Bus::new("port I/O");

@@ -16,7 +16,7 @@ use super::save::RunSection;
 use super::saved_config::SavedConfig;
 use super::{decode, SnapshotError};
 use crate::config::VmConfig;
-use crate::machine::build::{self, Restored};
+use crate::machine::build::{self, Prepared, Restored};
 use crate::machine::Machine;
 use crate::memory::build_guest_ram;
 use crate::platform::ged::GedState;
@@ -48,7 +48,15 @@ impl Sections {
 /// Reads `input` completely and builds the VM it describes with `cfg`
 /// (the restoring command line), leaving it paused. `cfg` may be adjusted
 /// where the command line left a choice to chance (a random MAC).
-pub fn restore<R: Read>(cfg: &mut VmConfig, input: R) -> Result<RestoredVm, SnapshotError> {
+///
+/// `prepared` (RAM and a VM made from the command line beforehand) is used
+/// instead of mapping RAM and creating the VM here; it is consumed either
+/// way, since a failed restore may have loaded part of the RAM.
+pub fn restore<R: Read>(
+    cfg: &mut VmConfig,
+    input: R,
+    prepared: Option<Prepared>,
+) -> Result<RestoredVm, SnapshotError> {
     let t0 = Instant::now();
     let mut r = Reader::new(input)?;
     let saved: SavedConfig = decode("config", r.config())?;
@@ -97,7 +105,10 @@ pub fn restore<R: Read>(cfg: &mut VmConfig, input: R) -> Result<RestoredVm, Snap
         return Err(SnapshotError::UnknownSection(name.clone()));
     }
 
-    let ram = Arc::new(build_guest_ram(cfg)?);
+    let (ram, kvm_vm) = match prepared {
+        Some(p) => (p.ram, Some(p.vm)),
+        None => (Arc::new(build_guest_ram(cfg)?), None),
+    };
     let mut sink = GuestRamSink(ram.memory());
     let read = r.ram_and_end(&mut sink)?;
     info!(
@@ -112,7 +123,7 @@ pub fn restore<R: Read>(cfg: &mut VmConfig, input: R) -> Result<RestoredVm, Snap
         ged,
         devices,
     };
-    let machine = build::restore(cfg, ram, &restored, true)?;
+    let machine = build::restore(cfg, ram, kvm_vm, &restored, true)?;
     Ok(RestoredVm {
         machine,
         saved_running: run.running,

@@ -204,6 +204,7 @@ impl Vcpu {
         match r {
             VcpuRequest::Pause => {
                 if !*paused && !ended {
+                    self.complete_pending_io();
                     // Tells a guest using kvmclock that it was stopped, so its
                     // watchdogs do not report the gap as a soft lockup.
                     if let Err(e) = self.fd.kvmclock_ctrl() {
@@ -229,6 +230,28 @@ impl Vcpu {
                 let _ = reply.send(state);
             }
         }
+    }
+
+    /// An I/O or MMIO exit is complete only once KVM_RUN is entered again
+    /// (KVM then moves RIP past the instruction, or loads the value read):
+    /// before that the vCPU's saved registers would replay the access on
+    /// restore, reading a read-to-clear register twice or writing a byte
+    /// twice. KVM_RUN with immediate_exit set completes it and returns
+    /// before any guest instruction runs.
+    fn complete_pending_io(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => {}
+            Err(e) => warn!(
+                "vCPU {}: completing its last I/O exit before the pause failed: {e}",
+                self.index
+            ),
+            Ok(exit) => warn!(
+                "vCPU {}: KVM_RUN with immediate_exit returned {exit:?} instead of EINTR",
+                self.index
+            ),
+        }
+        self.fd.set_kvm_immediate_exit(0);
     }
 
     /// One KVM_RUN and the exit it returned; Some when the VM must end.
