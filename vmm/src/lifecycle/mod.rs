@@ -99,7 +99,8 @@ pub struct Controller {
     state: Mutex<RunState>,
     migration: Mutex<MigrationInfo>,
     events: OnceLock<EventSender>,
-    /// Set once, when the process must end.
+    /// Wakes `run` when the process must end; `end_reason` says why (the
+    /// signal's own VmExit is not used: a QMP quit is no VM exit).
     end: ExitSignal,
     end_reason: Mutex<Option<RunEnd>>,
 }

@@ -175,7 +175,8 @@ impl Vcpus {
     }
 }
 
-/// Whether `why` ended the VM; used by callers that must not pause a dead VM.
+/// Why the VM ended, if it has; callers check it before pausing or
+/// resuming a VM whose vCPUs no longer answer.
 pub fn ended(exit: &ExitSignal) -> Option<VmExit> {
     exit.is_set().then(|| exit.wait())
 }
