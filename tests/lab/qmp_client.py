@@ -44,6 +44,17 @@ def guest_mem(serial):
     return (int(m[-1][0]), int(m[-1][1])) if m else None
 
 
+_seen = []
+
+
+def settled(serial):
+    """MemTotal once it read the same in the last 4 reports, else None."""
+    m = guest_mem(serial)
+    if m:
+        _seen.append(m[0])
+    return _seen[-1] if len(_seen) >= 4 and len(set(_seen[-4:])) == 1 else None
+
+
 async def until(what, check, timeout):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -102,10 +113,15 @@ async def main(sock, serial, state):
         if got != target:
             raise Fail("query-balloon says %d, target %d" % (got, target))
         await until("MemAvailable to drop", lambda: (guest_mem(serial) or (0, avail0))[1] <= avail0 - BALLOON_KIB * 85 // 100, 120)
-        total1, avail1 = guest_mem(serial)
+        _, avail1 = guest_mem(serial)
         print("LAB-QMP balloon target=%d query-balloon=%d BALLOON_CHANGE actual=%d MemAvailable %d -> %d kB (dropped %d kB)"
               % (target, got, ev["data"]["actual"], avail0, avail1, avail0 - avail1), flush=True)
 
+        # The balloon driver takes its pages out of MemTotal as it inflates
+        # (without deflate-on-oom), which may still go on after
+        # MemAvailable fell: the baseline for virtio-mem is a MemTotal
+        # that holds still for a second.
+        total1 = await until("MemTotal to settle", lambda: settled(serial), 60)
         path = "/machine/peripheral/mem0"
         req0 = await ex("qom-get", {"path": path, "property": "requested-size"})
         await ex("qom-set", {"path": path, "property": "requested-size", "value": req0 + VMEM_KIB * 1024})
