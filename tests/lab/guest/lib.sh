@@ -72,6 +72,22 @@ lab_l2_retry() {
     "$@"
 }
 
+# lab_reset_retry OUT CMD...: for scenarios that start vmm themselves:
+# runs CMD, which starts an L2 and waits until it is ready (returning 0),
+# with vmm's stderr in OUT. If vmm ended with status 3 first (the guest
+# was reset, which lab_l2_retry explains), CMD runs once more and
+# lab_pass puts what happened at the head of the result line.
+lab_reset_retry() {
+    _out=$1
+    shift
+    "$@" && return 0
+    [ "${LAB_VMM_STATUS:-}" = 3 ] || return 1
+    LAB_L2_RERUN="second L2 run, the first was reset: $(grep -m1 -E 'triple fault|guest reset' "$_out" | cut -c1-300); "
+    cp "$_out" "$_out-reset"
+    lab_log "L2 was reset (status 3) before it was ready: running it once more"
+    "$@"
+}
+
 # lab_l2_start LOG TIMEOUT OPTION...: the same, in the background, for
 # scenarios that act from L1 while L2 runs. Sets LAB_L2_PID (the VMM
 # process itself, for /proc/PID/status), LAB_L2_LOG and LAB_L2_T0 (L1

@@ -4,23 +4,32 @@
 # it through the Generic Event Device and its button driver and shuts
 # down; vmm reports POWERDOWN, then SHUTDOWN (guest-shutdown), and exits 0.
 s=/tmp/pd.serial q=/tmp/pd.qmp
-rm -f $s $q
 cmdline="console=ttyS0 panic=-1 quiet lab.scenario=powerdown lab.insmod=virtio_mmio,button,evdev"
-vmm run --kernel /lab/vmlinuz --initrd /lab/l2.cpio --cmdline "$cmdline" --cpus 2 \
-    --memory size=256M --serial file=$s --qmp unix:$q </dev/null >/tmp/pd.out 2>&1 &
-pid=$!
-ready=""
-for _i in $(seq 1500); do
-    ready=$(tr -d '\r' <$s 2>/dev/null | grep -m1 -E 'LAB-L2-POWERDOWN-(READY|NO-BUTTON)')
-    [ -n "$ready" ] && break
-    kill -0 $pid 2>/dev/null || break
-    sleep 0.1
-done
-case $ready in
-*READY*) ;;
-*) kill -9 $pid 2>/dev/null
-   lab_fail "the guest found no power button: ${ready:-nothing} $(tail -n 3 $s /tmp/pd.out | tr -d '\r' | tr '\n' '|')" ;;
-esac
+# Boots L2 and waits for its power button to be ready; sets pid, ready
+# and, when vmm ended first, LAB_VMM_STATUS.
+pd_boot() {
+    rm -f $s $q
+    LAB_VMM_STATUS=""
+    vmm run --kernel /lab/vmlinuz --initrd /lab/l2.cpio --cmdline "$cmdline" --cpus 2 \
+        --memory size=256M --serial file=$s --qmp unix:$q </dev/null >/tmp/pd.out 2>&1 &
+    pid=$!
+    ready=""
+    for _i in $(seq 1500); do
+        ready=$(tr -d '\r' <$s 2>/dev/null | grep -m1 -E 'LAB-L2-POWERDOWN-(READY|NO-BUTTON)')
+        [ -n "$ready" ] && break
+        if ! kill -0 $pid 2>/dev/null; then
+            wait $pid
+            LAB_VMM_STATUS=$?
+            break
+        fi
+        sleep 0.1
+    done
+    case $ready in *READY*) return 0 ;; esac
+    kill -9 $pid 2>/dev/null
+    return 1
+}
+lab_reset_retry /tmp/pd.out pd_boot ||
+    lab_fail "the guest found no power button: ${ready:-nothing} $(tail -n 3 $s /tmp/pd.out | tr -d '\r' | tr '\n' '|')"
 t0=$(lab_uptime)
 events=$(vmm ctl --qmp $q --timeout 60 system_powerdown --wait-event SHUTDOWN 2>&1 | tr -d '\n' | tr -s ' ')
 for _i in $(seq 300); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done

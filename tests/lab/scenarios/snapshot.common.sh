@@ -22,6 +22,25 @@ snap_wait_count() {
     done
 }
 
+# snap_boot: starts the L2 to save (pid1) and waits for 40 records; sets
+# LAB_VMM_STATUS when vmm ended first.
+snap_boot() {
+    rm -f $s1 /tmp/snap1.qmp
+    LAB_VMM_STATUS=""
+    # shellcheck disable=SC2086
+    vmm run --kernel /lab/vmlinuz --initrd /lab/l2.cpio --cmdline "$cmdline" $common \
+        --serial file=$s1 --qmp unix:/tmp/snap1.qmp </dev/null >/tmp/snap1.out 2>&1 &
+    pid1=$!
+    snap_wait_count $s1 40 150 && return 0
+    if ! kill -0 $pid1 2>/dev/null; then
+        wait $pid1
+        LAB_VMM_STATUS=$?
+    else
+        kill -9 $pid1
+    fi
+    return 1
+}
+
 # snap_run PAUSED: boots L2 with vmm, a disk and a QMP socket (COM1 to a
 # file, byte for byte); once the guest has written some records, saves it
 # over QMP (after `stop` when PAUSED is 1), kills the VMM with SIGKILL,
@@ -35,11 +54,7 @@ snap_run() {
     dd if=/dev/zero of="$disk" bs=1M count=$SNAP_DISK_MIB 2>/dev/null
     cmdline="console=ttyS0 panic=-1 quiet lab.scenario=snapshot lab.insmod=virtio_mmio,virtio_blk"
     common="--cpus 2 --memory size=256M --disk path=$disk,id=vda"
-    # shellcheck disable=SC2086
-    vmm run --kernel /lab/vmlinuz --initrd /lab/l2.cpio --cmdline "$cmdline" $common \
-        --serial file=$s1 --qmp unix:/tmp/snap1.qmp </dev/null >/tmp/snap1.out 2>&1 &
-    pid1=$!
-    snap_wait_count $s1 40 150 ||
+    lab_reset_retry /tmp/snap1.out snap_boot ||
         lab_fail "the guest wrote no 40 records before the save: $(tail -n 3 $s1 /tmp/snap1.out | tr -d '\r' | tr '\n' '|')"
     if [ "$paused" = 1 ]; then
         snap_ctl /tmp/snap1.qmp stop >/dev/null || lab_fail "QMP stop failed: $(tail -n 3 /tmp/snap1.out)"
