@@ -10,11 +10,14 @@ avail() { sed -n 's/^MemAvailable: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
 total() { sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
 # wait_avail CMP KIB SECONDS: waits while MemAvailable CMP KIB holds
 # (CMP: -gt, -lt), for SECONDS at most.
+# The last value read is in seen_avail: the one that ended the wait.
 wait_avail() {
     i=0
-    while [ "$(avail)" "$1" "$2" ] && [ $i -lt $(($3 * 5)) ]; do
+    seen_avail=$(avail)
+    while [ "$seen_avail" "$1" "$2" ] && [ $i -lt $(($3 * 5)) ]; do
         sleep 0.2
         i=$((i + 1))
+        seen_avail=$(avail)
     done
 }
 
@@ -24,8 +27,10 @@ lab-insmod virtio_balloon || { echo "LAB-L2-BALLOON-FAILED insmod virtio_balloon
 # Inflated: MemAvailable fell by 85% of the target's share at least.
 low=$((before - BALLOON_KIB * 85 / 100))
 wait_avail -gt $low 90
-a=$(avail)
-echo "LAB-L2-BALLOON-INFLATED avail=$a dropped=$((before - a)) total=$(total)"
+# The value that crossed the threshold: MemAvailable moves on by itself
+# afterwards (seen from 39 to 157 MiB below the start a moment later).
+a=$seen_avail
+echo "LAB-L2-BALLOON-INFLATED avail=$a dropped=$((before - a)) total=$(total) avail_now=$(avail)"
 rmmod virtio_balloon
 wait_avail -lt $((before - BALLOON_KIB / 10)) 30
 a=$(avail)
