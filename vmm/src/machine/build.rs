@@ -379,7 +379,7 @@ fn assemble(
     }
     let slots = std::mem::take(&mut w.slots);
 
-    let msr_list = vstate::vcpu_state::msrs_to_save(vm.kvm());
+    let layout = Arc::new(vstate::vcpu_state::StateLayout::of(vm.kvm()));
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
     match saved {
         None => {
@@ -411,7 +411,7 @@ fn assemble(
             vm.restore_state(&s.vm)?;
             for (i, state) in s.vcpus.iter().enumerate() {
                 let vcpu = Vcpu::create(&vm, i as u8)?;
-                state.restore(vcpu.fd())?;
+                state.restore(vcpu.fd(), &layout)?;
                 vcpus.push(vcpu);
             }
         }
@@ -434,7 +434,7 @@ fn assemble(
 
     let vcpus = Vcpus::start(
         vcpus,
-        msr_list,
+        layout,
         paused,
         Arc::new(pio),
         Arc::new(mmio),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::bus::Bus;
 use crate::exit::{ExitSignal, VmExit};
 use crate::vstate::vcpu::{kick_signal, VcpuReply, VcpuRequest, VcpuThreadControl};
+use crate::vstate::vcpu_state::StateLayout;
 use crate::vstate::{Vcpu, VcpuState};
 
 use super::MachineError;
@@ -57,7 +58,7 @@ impl Vcpus {
     /// first KVM_RUN until [`Vcpus::resume`].
     pub fn start(
         vcpus: Vec<Vcpu>,
-        msr_list: Vec<u32>,
+        layout: Arc<StateLayout>,
         paused: bool,
         pio: Arc<Bus>,
         mmio: Arc<Bus>,
@@ -68,7 +69,6 @@ impl Vcpus {
             source,
         })?;
         let (reply_tx, replies) = mpsc::channel();
-        let msr_list = Arc::new(msr_list);
         let mut handles = Vec::with_capacity(vcpus.len());
         for (i, vcpu) in vcpus.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel();
@@ -79,7 +79,7 @@ impl Vcpus {
                 pending: pending.clone(),
                 replies: reply_tx.clone(),
                 tid: tid.clone(),
-                msr_list: msr_list.clone(),
+                layout: layout.clone(),
                 start_paused: paused,
             };
             let (pio, mmio, exit) = (pio.clone(), mmio.clone(), exit.clone());

@@ -16,7 +16,7 @@ use vm_memory::GuestMemory;
 
 use super::cpuid;
 use super::regs::{self, EntryMode};
-use super::vcpu_state::{VcpuState, VcpuStateError};
+use super::vcpu_state::{StateLayout, VcpuState, VcpuStateError};
 use super::vm::Vm;
 use crate::bus::Bus;
 use crate::exit::{ExitSignal, VmExit};
@@ -220,7 +220,7 @@ impl Vcpu {
             }
             VcpuRequest::Save(reply) => {
                 let state = if *paused || ended {
-                    VcpuState::save(index, &self.fd, &ctl.msr_list)
+                    VcpuState::save(index, &self.fd, &ctl.layout)
                 } else {
                     Err(VcpuStateError::Invalid {
                         index,
@@ -382,7 +382,7 @@ pub struct VcpuThreadControl {
     pub replies: Sender<(u8, VcpuReply)>,
     /// The thread's kernel id, for query-cpus-fast.
     pub tid: Arc<AtomicI32>,
-    pub msr_list: Arc<Vec<u32>>,
+    pub layout: Arc<StateLayout>,
     pub start_paused: bool,
 }
 

@@ -55,23 +55,35 @@ pub struct VcpuState {
     pub tsc_khz: Option<u32>,
 }
 
-/// The MSRs worth saving: those KVM lists as needing save and restore,
-/// less those this vCPU refuses to read (some exist only with features
-/// the guest's CPUID does not have).
-pub fn msrs_to_save(kvm: &Kvm) -> Vec<u32> {
-    match kvm.get_msr_index_list() {
-        Ok(list) => list.as_slice().to_vec(),
-        Err(e) => {
-            warn!("KVM_GET_MSR_INDEX_LIST failed ({e}); no MSRs are saved");
-            Vec::new()
+/// What this host's KVM says about the shape of vCPU state, asked once
+/// per VM: the MSRs it lists as needing save and restore (a vCPU may
+/// still refuse some: those are left out), and the size of its XSAVE
+/// area (KVM_CAP_XSAVE2; 0 where KVM lacks the capability).
+pub struct StateLayout {
+    pub msrs: Vec<u32>,
+    pub xsave_bytes: usize,
+}
+
+impl StateLayout {
+    pub fn of(kvm: &Kvm) -> StateLayout {
+        let msrs = match kvm.get_msr_index_list() {
+            Ok(list) => list.as_slice().to_vec(),
+            Err(e) => {
+                warn!("KVM_GET_MSR_INDEX_LIST failed ({e}); no MSRs are saved");
+                Vec::new()
+            }
+        };
+        StateLayout {
+            msrs,
+            xsave_bytes: usize::try_from(kvm.check_extension_int(Cap::Xsave2)).unwrap_or(0),
         }
     }
 }
 
 impl VcpuState {
-    /// Reads the state of a vCPU that is not inside KVM_RUN. `msr_list`
-    /// comes from [`msrs_to_save`]; MSRs the vCPU refuses are left out.
-    pub fn save(index: u8, fd: &VcpuFd, msr_list: &[u32]) -> Result<Self, VcpuStateError> {
+    /// Reads the state of a vCPU that is not inside KVM_RUN; MSRs of the
+    /// layout that the vCPU refuses are left out.
+    pub fn save(index: u8, fd: &VcpuFd, layout: &StateLayout) -> Result<Self, VcpuStateError> {
         let kvm = |what| {
             move |source| VcpuStateError::Kvm {
                 index,
@@ -84,7 +96,7 @@ impl VcpuState {
         let mp_state = fd.get_mp_state().map_err(kvm("reading the MP state"))?;
         let regs = fd.get_regs().map_err(kvm("reading registers"))?;
         let sregs = fd.get_sregs().map_err(kvm("reading special registers"))?;
-        let xsave = read_xsave(fd).map_err(kvm("reading the XSAVE area"))?;
+        let xsave = read_xsave(fd, layout.xsave_bytes).map_err(kvm("reading the XSAVE area"))?;
         let xcrs = fd.get_xcrs().map_err(kvm("reading XCRs"))?;
         let debug_regs = fd
             .get_debug_regs()
@@ -96,7 +108,7 @@ impl VcpuState {
             .map_err(kvm("reading CPUID"))?
             .as_slice()
             .to_vec();
-        let msrs = read_msrs(index, fd, msr_list)?;
+        let msrs = read_msrs(index, fd, &layout.msrs)?;
         let tsc_khz = match fd.get_tsc_khz() {
             Ok(k) if k > 0 => Some(k),
             Ok(_) => None,
@@ -159,7 +171,7 @@ impl VcpuState {
     /// features it names, MSRs after special registers (EFER), the LAPIC
     /// before vCPU events (a pending interrupt needs the APIC in place),
     /// and the MP state last.
-    pub fn restore(&self, fd: &VcpuFd) -> Result<(), VcpuStateError> {
+    pub fn restore(&self, fd: &VcpuFd, layout: &StateLayout) -> Result<(), VcpuStateError> {
         let index = self.index;
         self.validate(index)?;
         let kvm = |what| {
@@ -187,7 +199,7 @@ impl VcpuState {
         fd.set_sregs(&self.sregs)
             .map_err(kvm("setting special registers"))?;
         fd.set_regs(&self.regs).map_err(kvm("setting registers"))?;
-        write_xsave(fd, &self.xsave).map_err(kvm("setting the XSAVE area"))?;
+        write_xsave(fd, &self.xsave, layout.xsave_bytes).map_err(kvm("setting the XSAVE area"))?;
         fd.set_xcrs(&self.xcrs).map_err(kvm("setting XCRs"))?;
         fd.set_debug_regs(&self.debug_regs)
             .map_err(kvm("setting debug registers"))?;
@@ -216,8 +228,7 @@ impl VcpuState {
     }
 }
 
-fn read_xsave(fd: &VcpuFd) -> Result<Vec<u32>, kvm_ioctls::Error> {
-    let size = usize::try_from(fd_xsave2_size(fd)).unwrap_or(0);
+fn read_xsave(fd: &VcpuFd, size: usize) -> Result<Vec<u32>, kvm_ioctls::Error> {
     if size > XSAVE_LEGACY_BYTES {
         let extra = (size - XSAVE_LEGACY_BYTES).div_ceil(4);
         let mut xsave = Xsave::new(extra).map_err(|_| kvm_ioctls::Error::new(libc::ENOMEM))?;
@@ -231,9 +242,9 @@ fn read_xsave(fd: &VcpuFd) -> Result<Vec<u32>, kvm_ioctls::Error> {
     Ok(fd.get_xsave()?.region.to_vec())
 }
 
-fn write_xsave(fd: &VcpuFd, words: &[u32]) -> Result<(), kvm_ioctls::Error> {
+fn write_xsave(fd: &VcpuFd, words: &[u32], host_bytes: usize) -> Result<(), kvm_ioctls::Error> {
     let legacy = XSAVE_LEGACY_BYTES / 4;
-    if words.len() > legacy && usize::try_from(fd_xsave2_size(fd)).unwrap_or(0) < words.len() * 4 {
+    if words.len() > legacy && host_bytes < words.len() * 4 {
         // KVM would read past what this host's XSAVE area holds.
         return Err(kvm_ioctls::Error::new(libc::E2BIG));
     }
@@ -251,12 +262,6 @@ fn write_xsave(fd: &VcpuFd, words: &[u32]) -> Result<(), kvm_ioctls::Error> {
     xsave.as_mut_slice().copy_from_slice(&words[legacy..]);
     // SAFETY: the wrapper holds the whole area, as large as KVM will read.
     unsafe { fd.set_xsave2(&xsave) }
-}
-
-/// KVM_CAP_XSAVE2 asked on the vCPU's VM; 0 where KVM lacks it.
-fn fd_xsave2_size(_fd: &VcpuFd) -> i32 {
-    // The capability is a system one as well; asking /dev/kvm needs no VM fd.
-    Kvm::new().map_or(0, |k| k.check_extension_int(Cap::Xsave2))
 }
 
 fn read_msrs(index: u8, fd: &VcpuFd, list: &[u32]) -> Result<Vec<kvm_msr_entry>, VcpuStateError> {
