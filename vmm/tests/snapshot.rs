@@ -138,9 +138,7 @@ fn a_running_vm_saved_over_qmp_goes_on_in_a_new_process() {
         "migrate-set-capabilities",
         json!({"capabilities": [{"capability": "events", "state": true}]}),
     );
-    qmp.ok("migrate", json!({"uri": format!("file:{snap}")}));
-    let done = qmp.wait_migration();
-    assert_eq!(done["status"], "completed", "{done}");
+    qmp.migrate(&format!("file:{snap}"));
     assert_eq!(qmp.ok("query-status", json!({}))["status"], "postmigrate");
     // The VM stopped for the save and stays stopped: STOP, then MIGRATION events.
     qmp.wait_event("STOP");
@@ -178,8 +176,7 @@ fn a_vm_saved_paused_comes_back_paused_and_cont_runs_it() {
     let mut qmp = Qmp::connect(q1.as_ref());
     qmp.ok("stop", json!({}));
     qmp.wait_event("STOP");
-    qmp.ok("migrate", json!({"uri": format!("exec:cat > {snap}")}));
-    assert_eq!(qmp.wait_migration()["status"], "completed");
+    qmp.migrate(&format!("exec:cat > {snap}"));
     let saved = read_log(&s1);
     qmp.ok("quit", json!({}));
     let (status, err) = vm.finish();
@@ -236,8 +233,7 @@ fn a_halted_vcpu_pauses_at_once_and_its_state_saves() {
     for c in cpus.as_array().unwrap() {
         assert!(c["thread-id"].as_i64().unwrap_or(0) > 0, "{c}");
     }
-    qmp.ok("migrate", json!({"uri": format!("file:{snap}")}));
-    assert_eq!(qmp.wait_migration()["status"], "completed");
+    qmp.migrate(&format!("file:{snap}"));
     qmp.ok("cont", json!({}));
     assert_eq!(qmp.ok("query-status", json!({}))["status"], "running");
 }
@@ -251,8 +247,7 @@ fn a_restore_that_differs_from_the_saved_vm_is_refused_line_by_line() {
     let disk_arg = format!("--disk=path={disk},id=d0");
     let vm = boot_counter(&dir, &q1, &s1, &[&disk_arg], 1);
     let mut qmp = Qmp::connect(q1.as_ref());
-    qmp.ok("migrate", json!({"uri": format!("file:{snap}")}));
-    assert_eq!(qmp.wait_migration()["status"], "completed");
+    qmp.migrate(&format!("file:{snap}"));
     vm.kill9();
 
     let s2 = dir.path("s2");
@@ -298,8 +293,7 @@ fn a_corrupt_or_truncated_snapshot_is_refused_and_nothing_runs() {
     let (q1, s1, snap) = (dir.path("q1"), dir.path("s1"), dir.path("snap"));
     let vm = boot_counter(&dir, &q1, &s1, &[], 1);
     let mut qmp = Qmp::connect(q1.as_ref());
-    qmp.ok("migrate", json!({"uri": format!("file:{snap}")}));
-    assert_eq!(qmp.wait_migration()["status"], "completed");
+    qmp.migrate(&format!("file:{snap}"));
     vm.kill9();
     let good = fs::read(&snap).unwrap();
     let bad = dir.path("bad");
@@ -334,8 +328,7 @@ fn a_failed_migrate_incoming_stays_in_inmigrate_and_takes_another() {
     let (q1, s1, snap) = (dir.path("q1"), dir.path("s1"), dir.path("snap"));
     let vm = boot_counter(&dir, &q1, &s1, &[], 2);
     let mut qmp = Qmp::connect(q1.as_ref());
-    qmp.ok("migrate", json!({"uri": format!("file:{snap}")}));
-    assert_eq!(qmp.wait_migration()["status"], "completed");
+    qmp.migrate(&format!("file:{snap}"));
     let saved = read_log(&s1);
     vm.kill9();
 
@@ -409,8 +402,7 @@ fn x_ignore_shared_leaves_file_ram_out_and_a_clone_runs_from_the_file() {
             .any(|c| c["capability"] == "x-ignore-shared" && c["state"] == true),
         "{caps}"
     );
-    qmp.ok("migrate", json!({"uri": format!("file:{snap}")}));
-    assert_eq!(qmp.wait_migration()["status"], "completed");
+    qmp.migrate(&format!("file:{snap}"));
     qmp.ok("quit", json!({}));
     assert_eq!(vm.finish().0, Some(0));
     let size = fs::metadata(&snap).unwrap().len();
@@ -486,8 +478,7 @@ fn save_restore_save_again_gives_the_same_state() {
     let vm = boot_counter(&dir, &q1, &s1, &["--cpus", "2"], 2);
     let mut qmp = Qmp::connect(q1.as_ref());
     qmp.ok("stop", json!({}));
-    qmp.ok("migrate", json!({"uri": format!("file:{a}")}));
-    assert_eq!(qmp.wait_migration()["status"], "completed");
+    qmp.migrate(&format!("file:{a}"));
     vm.kill9();
 
     let q2 = dir.path("q2");
@@ -504,8 +495,7 @@ fn save_restore_save_again_gives_the_same_state() {
     wait_until(20, "the restore", || {
         qmp2.ok("query-status", json!({}))["status"] == "paused"
     });
-    qmp2.ok("migrate", json!({"uri": format!("file:{b}")}));
-    assert_eq!(qmp2.wait_migration()["status"], "completed");
+    qmp2.migrate(&format!("file:{b}"));
 
     let (sa, ram_a) = sections(&a);
     let (sb, ram_b) = sections(&b);
@@ -577,8 +567,7 @@ fn crafted_sections_with_valid_checksums_are_refused_without_a_panic() {
     let disk_arg = format!("--disk=path={disk},id=d0");
     let vm = boot_counter(&dir, &q1, &s1, &[&disk_arg, "--balloon=stats=on"], 1);
     let mut qmp = Qmp::connect(q1.as_ref());
-    qmp.ok("migrate", json!({"uri": format!("file:{snap}")}));
-    assert_eq!(qmp.wait_migration()["status"], "completed");
+    qmp.migrate(&format!("file:{snap}"));
     vm.kill9();
     let (sections, ram) = sections(&snap);
 
@@ -691,8 +680,7 @@ fn a_port_write_in_flight_at_the_pause_is_not_replayed_after_restore() {
         wait_until(20, "the guest's output", || size(&s1) > 1000);
         let mut qmp = Qmp::connect(q1.as_ref());
         qmp.ok("stop", json!({}));
-        qmp.ok("migrate", json!({"uri": format!("file:{snap}")}));
-        assert_eq!(qmp.wait_migration()["status"], "completed");
+        qmp.migrate(&format!("file:{snap}"));
         vm.kill9();
         let before = fs::read(&s1).unwrap();
 

@@ -165,6 +165,13 @@ impl Qmp {
         last
     }
 
+    /// Saves the VM with `migrate` to `uri` and waits until it completed.
+    pub fn migrate(&mut self, uri: &str) {
+        self.ok("migrate", json!({ "uri": uri }));
+        let done = self.wait_migration();
+        assert_eq!(done["status"], "completed", "migrate to {uri}: {done}");
+    }
+
     /// Waits for an event named `name` (already received or coming).
     pub fn wait_event(&mut self, name: &str) -> Value {
         loop {
