@@ -201,13 +201,6 @@ impl Controller {
         }
     }
 
-    /// Boot RAM is a shared file (x-ignore-shared leaves it out of a save).
-    fn ram_left_in_file(&self) -> bool {
-        let cfg = lock(&self.cfg);
-        cfg.memory.backing.share
-            && matches!(cfg.memory.backing.kind, devices::ram::BackingKind::File(_))
-    }
-
     /// Starts making RAM and the KVM VM from the command line in the
     /// background, for the incoming snapshot to use.
     fn start_preparing(&self) {
@@ -267,7 +260,9 @@ impl Controller {
             }
             RunState::Paused => {}
             RunState::PostMigrate => {
-                if lock(&self.migration).ignore_shared && self.ram_left_in_file() {
+                if lock(&self.migration).ignore_shared
+                    && crate::snapshot::save::shared_ram_file(&lock(&self.cfg)).is_some()
+                {
                     // The snapshot left RAM in the file, which the guest
                     // now changes: restoring that snapshot afterwards
                     // would pair its vCPU state with newer memory.

@@ -3,6 +3,7 @@
 //! then RAM (unless it stays in a shared file).
 
 use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use devices::ram::{BackingKind, RegionRole};
@@ -14,6 +15,7 @@ use super::format::{RamStats, Writer};
 use super::saved_config::{RamFile, SavedConfig};
 use super::{encode, SnapshotError};
 use crate::bus::lock;
+use crate::config::VmConfig;
 use crate::machine::{DeviceHandle, Machine};
 
 /// The run state the VM had when it was saved: a VM saved running arrives
@@ -39,11 +41,12 @@ pub struct SaveReport {
     pub duration: Duration,
 }
 
-/// Whether boot RAM qualifies for x-ignore-shared: file-backed and shared.
-pub fn ram_file_to_ignore(m: &Machine, opts: SaveOptions) -> Option<std::path::PathBuf> {
-    let b = &m.cfg.memory.backing;
+/// The file boot RAM stays in when x-ignore-shared is on: boot RAM that is
+/// file-backed and shared, as QEMU 8.1+ decides it.
+pub fn shared_ram_file(cfg: &VmConfig) -> Option<&Path> {
+    let b = &cfg.memory.backing;
     match &b.kind {
-        BackingKind::File(p) if opts.ignore_shared && b.share => Some(p.clone()),
+        BackingKind::File(p) if b.share => Some(p),
         _ => None,
     }
 }
@@ -60,7 +63,7 @@ pub fn save<W: Write>(
         return Err(SnapshotError::Running);
     }
     let t0 = Instant::now();
-    let left_out = ram_file_to_ignore(m, opts);
+    let left_out = shared_ram_file(&m.cfg).filter(|_| opts.ignore_shared);
     let ram_file = match &left_out {
         Some(p) => Some(RamFile::of(p).map_err(|e| SnapshotError::Io {
             what: format!("reading the RAM file {}", p.display()),
