@@ -39,7 +39,7 @@ pub use writer::{RamStats, Writer};
 /// The first 8 bytes of every snapshot stream.
 pub const MAGIC: [u8; 8] = *b"VMMSNAP\0";
 /// The format version this build writes, and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The largest section payload, in bytes (64 MiB).
 pub const MAX_SECTION_BYTES: u64 = 64 << 20;
 /// Guest pages: the unit of RAM chunks.

@@ -4,6 +4,7 @@
 //! ([`saved_config`]).
 
 mod error;
+pub mod file_identity;
 pub mod format;
 pub mod restore;
 pub mod save;

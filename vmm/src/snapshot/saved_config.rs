@@ -18,6 +18,7 @@ use devices::ram::{BackingKind, BackingSpec};
 use devices::size::format_size;
 use serde::{Deserialize, Serialize};
 
+use super::file_identity::FileIdentity;
 use crate::config::{format_mac, VmConfig};
 
 /// The file that holds boot RAM when the snapshot left it out.
@@ -47,6 +48,9 @@ pub struct SavedDisk {
     pub path: PathBuf,
     pub size: u64,
     pub readonly: bool,
+    /// The image as it was when the VM was saved; a CPR restore refuses an
+    /// image changed since (the guest's page cache of it is in RAM).
+    pub identity: FileIdentity,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +89,11 @@ pub struct SavedConfig {
     pub virtio_mems: Vec<SavedMem>,
     pub kernel: PathBuf,
     pub cmdline: String,
+    /// The VM has a VM Generation ID device (its ACPI tables describe it).
+    pub vmgenid: bool,
+    /// Saved in migration mode cpr-reboot: a restore must find every disk
+    /// image unmodified.
+    pub cpr: bool,
 }
 
 impl SavedConfig {
@@ -92,11 +101,13 @@ impl SavedConfig {
     pub fn of(cfg: &VmConfig, ram_file: Option<RamFile>) -> std::io::Result<SavedConfig> {
         let mut disks = Vec::with_capacity(cfg.disks.len());
         for d in &cfg.disks {
+            let identity = FileIdentity::of(&d.path)?;
             disks.push(SavedDisk {
                 id: d.id.clone(),
                 path: d.path.clone(),
-                size: fs::metadata(&d.path)?.len(),
+                size: identity.size,
                 readonly: d.readonly,
+                identity,
             });
         }
         Ok(SavedConfig {
@@ -131,6 +142,8 @@ impl SavedConfig {
                 .collect(),
             kernel: cfg.kernel.clone(),
             cmdline: cfg.cmdline.clone(),
+            vmgenid: false,
+            cpr: false,
         })
     }
 

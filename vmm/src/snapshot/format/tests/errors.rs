@@ -50,26 +50,26 @@ fn not_a_snapshot() {
 
 #[test]
 fn future_version() {
-    let bytes = concat(&[header(2), section("config", b"c"), end(1, 0)]);
+    let bytes = concat(&[header(3), section("config", b"c"), end(1, 0)]);
     let e = verify(&bytes).unwrap_err();
     assert!(
         matches!(
             e,
             FormatError::UnsupportedVersion {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             }
         ),
         "{e:?}"
     );
     let msg = one_line(&e);
     assert!(
-        msg.contains("version 2") && msg.contains("reads version 1"),
+        msg.contains("version 3") && msg.contains("reads version 2"),
         "{msg}"
     );
     // A damaged version field is a checksum error, not a version error.
-    let mut bad = header(1);
-    bad[8] = 2;
+    let mut bad = header(2);
+    bad[8] = 3;
     let e = verify(&bad).unwrap_err();
     assert!(
         matches!(e, FormatError::ChecksumMismatch { offset: 0, .. }),
@@ -105,7 +105,10 @@ fn oversized_section_is_refused_before_allocating() {
     assert!(matches!(e, FormatError::Truncated { .. }), "{e:?}");
     assert!(one_line(&e).contains("section \"vm\""));
     // Also the config section.
-    let bytes = concat(&[header(1), section_rec(b"config", u64::MAX, b"")]);
+    let bytes = concat(&[
+        header(FORMAT_VERSION),
+        section_rec(b"config", u64::MAX, b""),
+    ]);
     assert!(matches!(
         verify(&bytes),
         Err(FormatError::SectionTooLarge { .. })
@@ -191,7 +194,7 @@ fn first_record_must_be_config() {
         (end(0, 0), "the end record"),
     ];
     for (first, found) in cases {
-        let bytes = concat(&[header(1), first, end(1, 0)]);
+        let bytes = concat(&[header(FORMAT_VERSION), first, end(1, 0)]);
         let e = verify(&bytes).unwrap_err();
         match &e {
             FormatError::ConfigNotFirst { offset, found: f } => {
