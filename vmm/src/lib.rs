@@ -14,5 +14,6 @@ pub mod machine;
 pub mod memory;
 pub mod platform;
 pub mod snapshot;
+pub mod template;
 pub mod transport;
 pub mod vstate;
