@@ -8,7 +8,7 @@ use log::{error, info};
 use vmm::config::{RawOptions, VmConfig};
 use vmm::control::QmpListen;
 use vmm::exit::VmExit;
-use vmm::lifecycle::{Incoming, RunEnd, RunOptions};
+use vmm::lifecycle::{Incoming, IncomingRefusal, RunEnd, RunOptions};
 
 /// A KVM virtual machine monitor built for VM templating: clones of one
 /// template share its RAM file, and setups that would break on such RAM are
@@ -30,6 +30,14 @@ enum Command {
     /// starts it again).
     #[command(verbatim_doc_comment)]
     Run(Box<RunArgs>),
+    /// Make a template VM, start clones of it, show or remove it.
+    ///
+    /// A template boots once, is paused when its guest is ready and saved
+    /// with its RAM left in DIR/memory; each clone maps that file privately
+    /// (pages it never writes stay shared) and resumes from the saved state.
+    /// See docs/templating.md.
+    #[command(subcommand, verbatim_doc_comment)]
+    Template(TemplateCommand),
     /// Report whether this host can run stock Linux guests, and why not.
     ///
     /// Exit status 0 when it can, 1 when it cannot.
@@ -44,6 +52,98 @@ enum Command {
     /// usage, or the socket cannot be reached.
     #[command(verbatim_doc_comment)]
     Ctl(CtlArgs),
+}
+
+#[derive(Subcommand)]
+enum TemplateCommand {
+    /// Boot a VM, wait until its guest is ready, save it as a template in DIR.
+    ///
+    /// DIR gets memory (the RAM, a file mapped share=on), state (the VM
+    /// without its RAM), disk-ID.img per writable disk (the template runs on
+    /// this copy, so the given image is never written) and template.json.
+    /// What clones could not run (balloon inflation, free page reporting,
+    /// plugged virtio-mem) is refused before the guest boots. A guest that is
+    /// not ready in time, or ends first, leaves no template behind.
+    ///
+    /// Exit status: 0 the template was made; 1 it was not (the reason is
+    /// printed); 2 the options were refused (nothing started).
+    #[command(verbatim_doc_comment)]
+    Create(Box<TemplateCreateArgs>),
+    /// Start a VM from a template: its RAM maps DIR/memory privately and
+    /// read-only, each writable disk is a copy of the captured one, and the
+    /// guest gets a new generation ID.
+    ///
+    /// Exit statuses as `vmm run`.
+    Clone(TemplateCloneArgs),
+    /// What a template was made from, its files, how much of its RAM is in
+    /// the page cache, and the clones that map it.
+    Status {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Also compute every file's checksum again.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Remove a template; refused while clones run from it, unless --force
+    /// (running clones keep working: their RAM stays mapped until they end).
+    Destroy {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args)]
+struct TemplateCreateArgs {
+    /// The template's directory: new or empty.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// When the guest is ready: serial=TEXT (it printed TEXT on COM1; the
+    /// kernel command line must not contain TEXT) or qmp (a QMP client
+    /// paused it with stop).
+    #[arg(long, value_name = "serial=TEXT|qmp")]
+    ready: String,
+    /// Give up (and leave no template) when the guest is not ready in this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    ready_timeout: f64,
+    /// Guest kernel: a bzImage or an ELF vmlinux (PVH).
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// The VM's options as for `vmm run`; --memory takes only size=SIZE.
+    #[command(flatten)]
+    vm: VmArgs,
+    /// QMP control socket while the template is made: unix:PATH.
+    #[arg(long, value_name = "unix:PATH")]
+    qmp: Option<String>,
+}
+
+#[derive(Args)]
+struct TemplateCloneArgs {
+    /// The template's directory.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// Where writable disk ID's copy goes: id=ID,path=P (kept when the clone
+    /// ends). Without it the copy goes beside DIR and is removed at the end.
+    #[arg(long, value_name = "id=ID,path=P")]
+    disk: Vec<String>,
+    /// The TAP NIC ID uses: id=ID,tap=T (default: the template's; each
+    /// running clone needs its own). The MAC stays the template's.
+    #[arg(long, value_name = "id=ID,tap=T")]
+    net: Vec<String>,
+    /// QMP control socket: unix:PATH or unix:fd=N.
+    #[arg(long, value_name = "unix:PATH")]
+    qmp: Option<String>,
+    /// Where COM1 goes: stdio, file=PATH or off.
+    #[arg(long, value_name = "stdio|file=P|off", default_value = "stdio")]
+    serial: String,
+    /// Stay paused after the restore until QMP cont.
+    #[arg(short = 'S', long = "paused")]
+    paused: bool,
+    /// Give the clone a new generation ID (on|off); off shows the hazard
+    /// of clones sharing their random number generator's state.
+    #[arg(long, value_name = "on|off", default_value = "on")]
+    vmgenid: String,
 }
 
 #[derive(Args)]
@@ -71,6 +171,30 @@ struct RunArgs {
     /// Required unless --incoming restores a snapshot (whose RAM holds the kernel).
     #[arg(long, value_name = "PATH", required_unless_present = "incoming")]
     kernel: Option<PathBuf>,
+    #[command(flatten)]
+    vm: VmArgs,
+    /// QMP control socket (QEMU's protocol): unix:PATH, or unix:fd=N for a
+    /// listening socket inherited from the parent.
+    #[arg(long, value_name = "unix:PATH")]
+    qmp: Option<String>,
+    /// Restore instead of booting: file:PATH or exec:CMD (the snapshot is
+    /// read from CMD's stdout), or defer to wait for QMP migrate-incoming.
+    /// The command line must describe the saved VM; see docs/snapshots.md.
+    #[arg(long, value_name = "defer|file:PATH|exec:CMD")]
+    incoming: Option<String>,
+    /// Start paused (QEMU's -S): the vCPUs wait for QMP cont. A restored VM
+    /// that was saved running also waits.
+    #[arg(short = 'S', long = "paused")]
+    paused: bool,
+    /// Validate everything (options, files, the RAM policy), print the resolved
+    /// configuration and exit. Starts nothing and needs no /dev/kvm.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// The guest's hardware, shared by `run` and `template create`.
+#[derive(Args)]
+struct VmArgs {
     /// Initial ramdisk.
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
@@ -116,45 +240,46 @@ struct RunArgs {
     /// Where COM1 goes: stdio, file=PATH or off.
     #[arg(long, value_name = "stdio|file=P|off", default_value = "stdio")]
     serial: String,
-    /// QMP control socket (QEMU's protocol): unix:PATH, or unix:fd=N for a
-    /// listening socket inherited from the parent.
-    #[arg(long, value_name = "unix:PATH")]
-    qmp: Option<String>,
-    /// Restore instead of booting: file:PATH or exec:CMD (the snapshot is
-    /// read from CMD's stdout), or defer to wait for QMP migrate-incoming.
-    /// The command line must describe the saved VM; see docs/snapshots.md.
-    #[arg(long, value_name = "defer|file:PATH|exec:CMD")]
-    incoming: Option<String>,
-    /// Start paused (QEMU's -S): the vCPUs wait for QMP cont. A restored VM
-    /// that was saved running also waits.
-    #[arg(short = 'S', long = "paused")]
-    paused: bool,
-    /// Validate everything (options, files, the RAM policy), print the resolved
-    /// configuration and exit. Starts nothing and needs no /dev/kvm.
-    #[arg(long)]
-    dry_run: bool,
+    /// VM Generation ID device (on|off): a new generation ID on every restore
+    /// and clone, so that each clone's Linux reseeds its random number
+    /// generator instead of repeating its siblings' output. off only to
+    /// show that hazard.
+    #[arg(long, value_name = "on|off", default_value = "on")]
+    vmgenid: String,
+}
+
+impl VmArgs {
+    fn raw(&self, kernel: Option<PathBuf>) -> RawOptions {
+        RawOptions {
+            kernel: kernel.unwrap_or_default(),
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone(),
+            cpus: self.cpus,
+            memory: self.memory.clone(),
+            disks: self.disk.clone(),
+            nets: self.net.clone(),
+            balloon: self.balloon.clone(),
+            virtio_mems: self.virtio_mem.clone(),
+            serial: self.serial.clone(),
+        }
+    }
+}
+
+fn parse_qmp(spec: Option<&str>) -> Result<Option<QmpListen>, ExitCode> {
+    spec.map(QmpListen::parse)
+        .transpose()
+        .map_err(|e| refuse(&format!("--qmp: {e}"), 2))
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let raw = RawOptions {
-        kernel: args.kernel.unwrap_or_default(),
-        initrd: args.initrd,
-        cmdline: args.cmdline,
-        cpus: args.cpus,
-        memory: args.memory,
-        disks: args.disk,
-        nets: args.net,
-        balloon: args.balloon,
-        virtio_mems: args.virtio_mem,
-        serial: args.serial,
-    };
+    let raw = args.vm.raw(args.kernel);
     let incoming = match args.incoming.as_deref().map(Incoming::parse).transpose() {
         Ok(i) => i,
         Err(e) => return refuse(&e, 2),
     };
-    let qmp = match args.qmp.as_deref().map(QmpListen::parse).transpose() {
+    let qmp = match parse_qmp(args.qmp.as_deref()) {
         Ok(q) => q,
-        Err(e) => return refuse(&format!("--qmp: {e}"), 2),
+        Err(code) => return code,
     };
     // A restore loads no kernel: its content is in the saved RAM.
     let validate = |c: &VmConfig| match incoming {
@@ -174,8 +299,14 @@ fn run(args: RunArgs) -> ExitCode {
         start_paused: args.paused,
         incoming,
         qmp,
+        template: None,
     };
-    match vmm::lifecycle::run(cfg, opts) {
+    report_end(vmm::lifecycle::run(cfg, opts))
+}
+
+/// The exit status and last words of a VM's run (`run`, `template clone`).
+fn report_end(end: Result<RunEnd, vmm::machine::MachineError>) -> ExitCode {
+    match end {
         Ok(RunEnd::Vm(why)) => {
             match &why {
                 VmExit::PowerOff => info!("guest powered off"),
@@ -190,20 +321,107 @@ fn run(args: RunArgs) -> ExitCode {
             info!("quit (QMP)");
             ExitCode::SUCCESS
         }
-        Ok(RunEnd::IncomingFailed { reason, config }) => {
+        Ok(RunEnd::IncomingFailed { reason, why }) => {
             let mut lines = reason.lines();
-            if config {
-                eprintln!("vmm: the snapshot was saved from another VM configuration; nothing was started:");
-            } else if let Some(first) = lines.next() {
-                eprintln!("vmm: restoring the snapshot failed; nothing was started: {first}");
+            match why {
+                IncomingRefusal::Config => eprintln!(
+                    "vmm: the snapshot was saved from another VM configuration; nothing was started:"
+                ),
+                IncomingRefusal::Policy => eprintln!(
+                    "vmm: the saved VM's devices need what this VM's RAM cannot do; nothing was started:"
+                ),
+                IncomingRefusal::Failed => {
+                    if let Some(first) = lines.next() {
+                        eprintln!("vmm: restoring the snapshot failed; nothing was started: {first}");
+                    }
+                }
             }
             for line in lines {
                 eprintln!("vmm: {line}");
             }
-            ExitCode::from(if config { 2 } else { 1 })
+            ExitCode::from(match why {
+                IncomingRefusal::Failed => 1,
+                _ => 2,
+            })
         }
+        Ok(RunEnd::Template(_)) => ExitCode::from(1),
         Err(e) => refuse(&e.to_string(), 1),
     }
+}
+
+fn template(cmd: TemplateCommand) -> ExitCode {
+    use vmm::template::{clone, create, status};
+    let result = match cmd {
+        TemplateCommand::Create(a) => {
+            let ready = match create::parse_ready(&a.ready) {
+                Ok(r) => r,
+                Err(e) => return refuse(&e, 2),
+            };
+            let timeout = match Duration::try_from_secs_f64(a.ready_timeout) {
+                Ok(t) if !t.is_zero() => t,
+                _ => {
+                    return refuse(
+                        &format!(
+                            "--ready-timeout {}: give a positive number of seconds",
+                            a.ready_timeout
+                        ),
+                        2,
+                    )
+                }
+            };
+            let qmp = match parse_qmp(a.qmp.as_deref()) {
+                Ok(q) => q,
+                Err(code) => return code,
+            };
+            let args = create::CreateArgs {
+                dir: a.dir,
+                ready,
+                timeout,
+                raw: a.vm.raw(Some(a.kernel)),
+                qmp,
+            };
+            create::create(args).map(|c| {
+                println!(
+                    "template created in {}: {} RAM in memory, state {} bytes, guest ready after {:.2} s",
+                    c.dir.display(),
+                    devices::size::format_size(c.manifest.memory_size),
+                    c.state_bytes,
+                    c.manifest.ready_after_ms as f64 / 1000.0
+                );
+                ExitCode::SUCCESS
+            })
+        }
+        TemplateCommand::Clone(a) => {
+            let qmp = match parse_qmp(a.qmp.as_deref()) {
+                Ok(q) => q,
+                Err(code) => return code,
+            };
+            let vmgenid = match a.vmgenid.as_str() {
+                "on" => true,
+                "off" => false,
+                other => return refuse(&format!("--vmgenid {other}: use on or off"), 2),
+            };
+            let args = clone::CloneArgs {
+                dir: a.dir,
+                disks: a.disk,
+                nets: a.net,
+                qmp,
+                serial: a.serial,
+                paused: a.paused,
+                vmgenid,
+            };
+            clone::clone(args).map(|end| report_end(Ok(end)))
+        }
+        TemplateCommand::Status { dir, verify } => status::status(&dir, verify).map(|s| {
+            print!("{s}");
+            ExitCode::SUCCESS
+        }),
+        TemplateCommand::Destroy { dir, force } => status::destroy(&dir, force).map(|s| {
+            println!("{s}");
+            ExitCode::SUCCESS
+        }),
+    };
+    result.unwrap_or_else(|e| refuse(&e.to_string(), e.status()))
 }
 
 /// One line per problem, on stderr, without log decoration: users grep these.
@@ -270,6 +488,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run(args) => run(*args),
         Command::Ctl(args) => ctl(args),
+        Command::Template(cmd) => template(cmd),
         Command::HostCheck => {
             let report = vmm::host_check::run();
             print!("{}", report.text);

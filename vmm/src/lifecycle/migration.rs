@@ -9,7 +9,7 @@ use std::time::Instant;
 use log::{error, info};
 use serde_json::{json, Value};
 
-use super::{lock, Controller, RunState};
+use super::{lock, Controller, IncomingRefusal, RunState};
 use crate::snapshot::save::{self, SaveOptions};
 use crate::snapshot::uri::{Sink, Source, StreamUri};
 use crate::snapshot::{restore, SnapshotError};
@@ -222,11 +222,11 @@ fn outgoing(ctl: &Controller, uri: &StreamUri) {
 /// Restores the VM from `uri` (--incoming, or QMP migrate-incoming in the
 /// background). On failure the process stays in `inmigrate` and can take
 /// another migrate-incoming; the reason is in query-migrate.
-pub fn incoming(ctl: &Arc<Controller>, uri: &StreamUri) -> Result<(), (String, bool)> {
+pub fn incoming(ctl: &Arc<Controller>, uri: &StreamUri) -> Result<(), (String, IncomingRefusal)> {
     if ctl.state() != RunState::InMigrate {
         return Err((
             "the VM is not waiting for an incoming migration".into(),
-            false,
+            IncomingRefusal::Failed,
         ));
     }
     set_status(ctl, MigrationStatus::Setup);
@@ -245,7 +245,14 @@ pub fn incoming(ctl: &Arc<Controller>, uri: &StreamUri) -> Result<(), (String, b
         Err(e) => {
             let msg = e.to_string();
             fail(ctl, msg.clone());
-            return Err((msg, matches!(e, SnapshotError::ConfigMismatch(_))));
+            let why = match e {
+                SnapshotError::ConfigMismatch(_) => IncomingRefusal::Config,
+                SnapshotError::Machine(crate::machine::MachineError::Policy(_)) => {
+                    IncomingRefusal::Policy
+                }
+                _ => IncomingRefusal::Failed,
+            };
+            return Err((msg, why));
         }
     };
     let run = restored.saved_running && *lock(&ctl.autostart);
@@ -256,7 +263,10 @@ pub fn incoming(ctl: &Arc<Controller>, uri: &StreamUri) -> Result<(), (String, b
         if let Err(e) = ctl.with_machine(|m| m.resume()) {
             ctl.set_state(RunState::Paused);
             set_status(ctl, MigrationStatus::Completed);
-            return Err((format!("the restored VM could not be resumed: {e}"), false));
+            return Err((
+                format!("the restored VM could not be resumed: {e}"),
+                IncomingRefusal::Failed,
+            ));
         }
         ctl.set_state(RunState::Running);
         ctl.emit("RESUME", None);

@@ -9,6 +9,7 @@
 
 mod migration;
 mod qmp;
+mod template_save;
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
@@ -21,9 +22,11 @@ use crate::control::{EventSender, QmpListen, QmpServer};
 use crate::exit::{ExitSignal, VmExit};
 use crate::machine::build::Prepared;
 use crate::machine::{self, Machine, MachineError};
+use crate::platform::serial_watch::SerialWatch;
 use crate::snapshot::uri::StreamUri;
 
 pub use migration::{MigrationInfo, MigrationStatus};
+pub use template_save::{Ready, TemplateOutcome, TemplateSave};
 
 /// Where the VM comes from when it is not booted.
 #[derive(Clone, Debug)]
@@ -49,6 +52,19 @@ pub struct RunOptions {
     pub start_paused: bool,
     pub incoming: Option<Incoming>,
     pub qmp: Option<QmpListen>,
+    /// Boot, wait until the guest is ready, save it as a template and end.
+    pub template: Option<TemplateSave>,
+}
+
+/// Why an incoming snapshot given on the command line was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IncomingRefusal {
+    /// The command line differs from the saved VM.
+    Config,
+    /// The RAM policy refused what the saved devices need.
+    Policy,
+    /// The stream is unreadable, or building the VM failed.
+    Failed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,12 +96,13 @@ pub enum RunEnd {
     Vm(VmExit),
     /// QMP quit.
     Quit,
-    /// The incoming snapshot given on the command line was refused;
-    /// `config` when because the command line differs from the saved VM.
+    /// The incoming snapshot given on the command line was refused.
     IncomingFailed {
         reason: String,
-        config: bool,
+        why: IncomingRefusal,
     },
+    /// `vmm template create`: the template was taken, or not.
+    Template(TemplateOutcome),
 }
 
 /// The VM and everything about it that control commands read or change.
@@ -99,6 +116,8 @@ pub struct Controller {
     state: Mutex<RunState>,
     migration: Mutex<MigrationInfo>,
     events: OnceLock<EventSender>,
+    /// Template creation with `--ready qmp`: a `stop` says the guest is ready.
+    ready_on_stop: OnceLock<template_save::ReadySignal>,
     /// Wakes `run` when the process must end; `end_reason` says why (the
     /// signal's own VmExit is not used: a QMP quit is no VM exit).
     end: ExitSignal,
@@ -119,6 +138,7 @@ impl Controller {
             state: Mutex::new(state),
             migration: Mutex::new(MigrationInfo::default()),
             events: OnceLock::new(),
+            ready_on_stop: OnceLock::new(),
             end: ExitSignal::new()?,
             end_reason: Mutex::new(None),
         })
@@ -241,6 +261,9 @@ impl Controller {
         self.with_machine(|m| m.pause())?;
         self.set_state(RunState::Paused);
         self.emit("STOP", None);
+        if let Some(r) = self.ready_on_stop.get() {
+            r.fire();
+        }
         Ok(())
     }
 
@@ -305,7 +328,22 @@ pub fn run(cfg: VmConfig, opts: RunOptions) -> Result<RunEnd, MachineError> {
     }
     match opts.incoming {
         None => {
-            let m = machine::boot(&cfg, opts.start_paused)?;
+            let watch = opts.template.map(|t| {
+                let (signal, rx) = template_save::ready_channel();
+                let watch = match &t.ready {
+                    Ready::Serial(text) => Some(SerialWatch {
+                        text: text.as_bytes().to_vec(),
+                        on_match: Box::new(move || signal.fire()),
+                    }),
+                    Ready::QmpStop => {
+                        let _ = ctl.ready_on_stop.set(signal);
+                        None
+                    }
+                };
+                template_save::start(&ctl, t, rx);
+                watch
+            });
+            let m = machine::boot(&cfg, opts.start_paused, watch.flatten())?;
             ctl.install(m);
         }
         Some(Incoming::Defer) => {
@@ -313,8 +351,8 @@ pub fn run(cfg: VmConfig, opts: RunOptions) -> Result<RunEnd, MachineError> {
             info!("waiting for an incoming migration (QMP migrate-incoming)")
         }
         Some(Incoming::Uri(uri)) => {
-            if let Err((reason, config)) = migration::incoming(&ctl, &uri) {
-                return Ok(RunEnd::IncomingFailed { reason, config });
+            if let Err((reason, why)) = migration::incoming(&ctl, &uri) {
+                return Ok(RunEnd::IncomingFailed { reason, why });
             }
         }
     }

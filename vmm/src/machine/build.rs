@@ -29,6 +29,7 @@ use crate::memory::build_guest_ram;
 use crate::platform::ged::{Ged, GedState};
 use crate::platform::power::{AcpiPower, I8042Reset};
 use crate::platform::serial::{ComState, SerialDevice, SerialOut};
+use crate::platform::serial_watch::{SerialWatch, Watched};
 use crate::platform::terminal::RawStdin;
 use crate::transport::mmio::{MmioTransport, MmioTransportState, NOTIFY_OFFSET};
 use crate::vstate::{self, Vcpu, VcpuState, Vm, VmState};
@@ -157,12 +158,17 @@ pub struct Restored {
 
 /// Boots `cfg`'s kernel (validated configuration) and starts the threads;
 /// with `paused` the vCPUs wait for a resume before their first instruction.
-pub fn boot(cfg: &VmConfig, paused: bool) -> Result<Machine, MachineError> {
+/// `watch` looks for a text in the guest's serial output (template creation).
+pub fn boot(
+    cfg: &VmConfig,
+    paused: bool,
+    watch: Option<SerialWatch>,
+) -> Result<Machine, MachineError> {
     if crate::host_check::host_kvm_is_pvm() {
         warn!("this host's KVM is PVM (kvm_pvm): only kernels built for PVM boot here, and a stock kernel will hang without output; `vmm host-check` explains");
     }
     let ram = Arc::new(build_guest_ram(cfg)?);
-    assemble(cfg, ram, None, None, paused)
+    assemble(cfg, ram, None, None, paused, watch)
 }
 
 /// Builds the VM around restored RAM and `saved` states, and starts the
@@ -174,7 +180,7 @@ pub fn restore(
     saved: &Restored,
     paused: bool,
 ) -> Result<Machine, MachineError> {
-    assemble(cfg, ram, vm, Some(saved), paused)
+    assemble(cfg, ram, vm, Some(saved), paused, None)
 }
 
 /// Guest RAM and an empty KVM VM with that RAM in its memory slots, made
@@ -273,12 +279,35 @@ fn virtio_devices(
     Ok(out)
 }
 
+/// The RAM policy on what a snapshot brought along: device state that
+/// needs to discard guest RAM (a balloon lowered or inflated before the
+/// save) is refused on RAM that cannot discard (a template clone's), so
+/// the guest is never started to fail later.
+fn check_restored_state_policy(
+    cfg: &VmConfig,
+    devices: &[(String, String, DeviceHandle)],
+) -> Result<(), MachineError> {
+    let mut reqs = Vec::new();
+    for (_, name, dev) in devices {
+        if let DeviceHandle::Balloon(b) = dev {
+            reqs.extend(crate::bus::lock(b, name).state_ram_requirements());
+        }
+    }
+    if reqs.is_empty() {
+        return Ok(());
+    }
+    let backings = cfg.ram_backings().map_err(|e| device_err("--memory", e))?;
+    devices::ram::policy::check(&reqs, &backings, devices::ram::policy::Operation::Run)
+        .map_err(MachineError::Policy)
+}
+
 fn assemble(
     cfg: &VmConfig,
     ram: Arc<GuestRam>,
     vm: Option<Vm>,
     saved: Option<&Restored>,
     paused: bool,
+    watch: Option<SerialWatch>,
 ) -> Result<Machine, MachineError> {
     if let Some(s) = saved {
         if s.devices.len() != cfg.virtio_device_count() || s.vcpus.len() != usize::from(cfg.cpus) {
@@ -299,6 +328,9 @@ fn assemble(
     }
     // Devices first: a state they refuse stops the restore before KVM.
     let devices = virtio_devices(cfg, &ram, saved)?;
+    if saved.is_some() {
+        check_restored_state_policy(cfg, &devices)?;
+    }
 
     let vm = match vm {
         Some(vm) => vm,
@@ -320,6 +352,10 @@ fn assemble(
     let mut raw_stdin = None;
     let serial = match serial_out(&cfg.serial)? {
         Some(out) => {
+            let out: SerialOut = match watch {
+                Some(w) => Box::new(Watched::new(out, w)),
+                None => out,
+            };
             let irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
                 .map_err(host("creating the COM1 interrupt eventfd"))?;
             vm.register_irqfd(&irq, layout::COM1_IRQ)?;

@@ -49,6 +49,9 @@ pub enum MachineError {
     Bus(#[from] crate::bus::BusError),
     #[error("{device}: {reason}")]
     Device { device: String, reason: String },
+    /// The RAM policy refused what a snapshot's device state needs.
+    #[error("{0}")]
+    Policy(devices::ram::PolicyError),
     #[error("--serial file={path}: {source}")]
     SerialFile {
         path: String,

@@ -4,4 +4,5 @@
 pub mod ged;
 pub mod power;
 pub mod serial;
+pub mod serial_watch;
 pub mod terminal;

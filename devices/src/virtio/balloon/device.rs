@@ -446,6 +446,24 @@ impl Balloon {
             .saturating_sub(u64::from(self.actual) * PAGE_SIZE)
     }
 
+    /// What the state itself needs from guest RAM, beyond what the options
+    /// ask for: a restored balloon whose target was lowered at run time
+    /// (QMP `balloon`), or that the guest already inflated, goes on
+    /// discarding pages, which the restoring VM's RAM must support.
+    pub fn state_ram_requirements(&self) -> Vec<crate::ram::RamRequirement> {
+        if self.num_pages == 0 && self.actual == 0 {
+            return Vec::new();
+        }
+        let option = format!(
+            "the saved state (target {}, {} inflated)",
+            format_size(self.target_bytes()),
+            format_size(u64::from(self.actual) * PAGE_SIZE)
+        );
+        let mut req = super::config::inflation_requirement(option);
+        req.fix = "save the VM with the balloon deflated (QMP balloon to the full memory size, and wait until it is reached) before cloning it".into();
+        vec![req]
+    }
+
     /// `num_pages` in config space.
     pub fn num_pages(&self) -> u32 {
         self.num_pages

@@ -2,7 +2,10 @@
 //!
 //! The image file itself is not part of the state: it is reopened from the
 //! configured path, and must still be the size it was, or every sector
-//! number the guest holds would point somewhere else.
+//! number the guest holds would point somewhere else. The path may differ
+//! from the saved one: a template clone runs on its own copy of the
+//! template's disk (whether the content is the saved one is the VMM's
+//! check: identities for CPR, the template manifest for clones).
 
 use std::sync::Arc;
 
@@ -56,16 +59,10 @@ impl Persist for Block {
     }
 }
 
-/// A different image or access mode would silently change what the guest
-/// sees (and the feature offer), so the disk options must be those saved.
+/// Another access mode or id would silently change what the guest sees
+/// (and the feature offer), so those must be the saved ones.
 fn check_config(given: &BlockConfig, saved: &BlockConfig) -> Result<(), PersistError> {
-    let field = if given.path != saved.path {
-        format!(
-            "path {} (saved: {})",
-            given.path.display(),
-            saved.path.display()
-        )
-    } else if given.readonly != saved.readonly {
+    let field = if given.readonly != saved.readonly {
         format!("readonly={} (saved: {})", given.readonly, saved.readonly)
     } else if given.id != saved.id {
         format!("id {:?} (saved: {:?})", given.id, saved.id)
