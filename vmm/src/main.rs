@@ -193,7 +193,7 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(RunEnd::IncomingFailed { reason, config }) => {
             let mut lines = reason.lines();
             if config {
-                eprintln!("vmm: the snapshot was saved from another VM configuration; nothing was started:");
+                eprintln!("vmm: the snapshot does not match this VM (its command line or its files); nothing was started:");
             } else if let Some(first) = lines.next() {
                 eprintln!("vmm: restoring the snapshot failed; nothing was started: {first}");
             }
