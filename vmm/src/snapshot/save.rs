@@ -98,10 +98,19 @@ pub fn save<W: Write>(
     let t0 = Instant::now();
     let left_out = shared_ram_file(&m.cfg).filter(|_| opts.ignore_shared);
     let ram_file = match &left_out {
-        Some(p) => Some(RamFile::of(p).map_err(|e| SnapshotError::Io {
-            what: format!("reading the RAM file {}", p.display()),
-            source: e,
-        })?),
+        Some(p) => {
+            // The snapshot relies on the file: make the guest's writes to
+            // it durable too (a no-op on tmpfs), so that the pair survives
+            // a host crash or reboot as the committed snapshot file does.
+            let io_err = |what: &str| {
+                let what = format!("{what} the RAM file {}", p.display());
+                move |source| SnapshotError::Io { what, source }
+            };
+            std::fs::File::open(p)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err("fsync of"))?;
+            Some(RamFile::of(p).map_err(io_err("reading"))?)
+        }
         None => None,
     };
     let mut config = SavedConfig::of(&m.cfg, ram_file).map_err(|e| SnapshotError::Io {
@@ -157,7 +166,12 @@ pub fn save<W: Write>(
         duration: t0.elapsed(),
     };
     info!(
-        "VM saved: {bytes} bytes, {} RAM pages of {} written{} in {:.1} ms",
+        "VM saved{}: {bytes} bytes, {} RAM pages of {} written{} in {:.1} ms",
+        if opts.cpr {
+            " as a cpr-reboot checkpoint"
+        } else {
+            ""
+        },
         ram.pages_written,
         ram.pages_scanned,
         if skip_boot {

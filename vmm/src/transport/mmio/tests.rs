@@ -879,10 +879,15 @@ fn a_parked_device_thread_leaves_the_image_as_its_identity_says_until_resume() {
     handle.resume().unwrap();
     let end = std::time::Instant::now() + Duration::from_secs(10);
     while rig.get(status, 1) != [VIRTIO_BLK_S_OK] {
-        assert!(std::time::Instant::now() < end, "not processed after resume");
+        assert!(
+            std::time::Instant::now() < end,
+            "not processed after resume"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let why = identity.check(&rig.image).expect("the write changes the image");
+    let why = identity
+        .check(&rig.image)
+        .expect("the write changes the image");
     assert!(why.contains("modified"), "{why}");
     let on_disk = fs::read(&rig.image).unwrap();
     assert_eq!(&on_disk[2 * SECTOR..3 * SECTOR], payload.as_slice());
