@@ -325,7 +325,7 @@ fn report_end(end: Result<RunEnd, vmm::machine::MachineError>) -> ExitCode {
             let mut lines = reason.lines();
             match why {
                 IncomingRefusal::Config => eprintln!(
-                    "vmm: the snapshot was saved from another VM configuration; nothing was started:"
+                    "vmm: the snapshot does not match this VM (its command line or its files); nothing was started:"
                 ),
                 IncomingRefusal::Policy => eprintln!(
                     "vmm: the saved VM's devices need what this VM's RAM cannot do; nothing was started:"

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
-use log::{error, info};
+use log::{error, info, warn};
 use serde_json::{json, Value};
 
 use super::{lock, Controller, IncomingRefusal, RunState};
+use crate::control::MigMode;
 use crate::snapshot::save::{self, SaveOptions};
 use crate::snapshot::uri::{Sink, Source, StreamUri};
-use crate::snapshot::{restore, SnapshotError};
+use crate::snapshot::{restore, room, SnapshotError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MigrationStatus {
@@ -46,8 +47,9 @@ pub struct MigrationInfo {
     pub error: Option<String>,
     pub ignore_shared: bool,
     pub events: bool,
-    /// migrate-set-parameters mode (cpr-reboot is accepted and kept).
-    pub mode: &'static str,
+    /// migrate-set-parameters mode: cpr-reboot makes the next migrate a
+    /// checkpoint for a restart of vmm (docs/cpr.md).
+    pub mode: MigMode,
     pub other_params: serde_json::Map<String, Value>,
 }
 
@@ -62,7 +64,7 @@ impl Default for MigrationInfo {
             error: None,
             ignore_shared: false,
             events: false,
-            mode: "normal",
+            mode: MigMode::Normal,
             other_params: serde_json::Map::new(),
         }
     }
@@ -151,6 +153,7 @@ pub fn start_outgoing(ctl: &Arc<Controller>, uri: StreamUri) -> Result<(), Strin
     ) {
         return Err("a migration is already in progress".into());
     }
+    check_target(ctl, &uri)?;
     set_status(ctl, MigrationStatus::Setup);
     let me = ctl.clone();
     thread::Builder::new()
@@ -160,11 +163,60 @@ pub fn start_outgoing(ctl: &Arc<Controller>, uri: StreamUri) -> Result<(), Strin
     Ok(())
 }
 
+/// What is checked before the VM is stopped, so that a refusal leaves it
+/// running (no STOP): in mode cpr-reboot the target must be a `file:`
+/// with room for the RAM the checkpoint writes; in mode normal a target
+/// that may be too small is only reported (all-zero pages are not written,
+/// and a failed save resumes the VM).
+fn check_target(ctl: &Controller, uri: &StreamUri) -> Result<(), String> {
+    let (mode, ignore_shared) = {
+        let m = lock(&ctl.migration);
+        (m.mode, m.ignore_shared)
+    };
+    let cpr = mode == MigMode::CprReboot;
+    let path = match uri {
+        StreamUri::File(p) => p,
+        StreamUri::Exec(cmd) if cpr => {
+            return Err(format!(
+                "migration mode cpr-reboot needs a file:PATH target, not exec:{cmd}: the \
+                 checkpoint is read back by a vmm started after this one quit, and only a file \
+                 can be checked for room beforehand; migrate to file:PATH, or set mode normal \
+                 (migrate-set-parameters) to save through a command"
+            ))
+        }
+        StreamUri::Exec(_) => return Ok(()),
+    };
+    let need = ctl.with_machine(|m| Ok(room::Needed::of(m, ignore_shared)))?;
+    if cpr {
+        if need.boot_ram == 0 {
+            let cfg = lock(&ctl.cfg);
+            if let Some(ram) = save::shared_ram_file(&cfg) {
+                match room::volatile_fs(ram) {
+                    Some(fs) => warn!("cpr-reboot: guest RAM stays in {}, which is on {fs}: the checkpoint survives a restart of vmm, not a reboot of the host", ram.display()),
+                    None => info!("cpr-reboot: guest RAM stays in place in {} (x-ignore-shared)", ram.display()),
+                }
+            }
+        } else if let Some(ram) = &need.shared_file_copied {
+            info!("cpr-reboot: guest RAM is in the share=on file {} but x-ignore-shared is off, so it is copied into the checkpoint", ram.display());
+        }
+        room::check(path, &need).map_err(|e| format!("migration mode cpr-reboot: {e}"))
+    } else {
+        if let Err(e) = room::check(path, &need) {
+            warn!("{e} (the save goes ahead: all-zero pages are not written)");
+        }
+        Ok(())
+    }
+}
+
 fn outgoing(ctl: &Controller, uri: &StreamUri) {
     let was = ctl.state();
     let was_running = was == RunState::Running;
-    let opts = SaveOptions {
-        ignore_shared: lock(&ctl.migration).ignore_shared,
+    let opts = {
+        let m = lock(&ctl.migration);
+        SaveOptions {
+            ignore_shared: m.ignore_shared,
+            cpr: m.mode == MigMode::CprReboot,
+        }
     };
     let sink = match Sink::open(uri) {
         Ok(s) => s,

@@ -283,6 +283,9 @@ impl Controller {
             }
             RunState::Paused => {}
             RunState::PostMigrate => {
+                if lock(&self.migration).mode == crate::control::MigMode::CprReboot {
+                    warn!("cont after a cpr-reboot checkpoint: the guest may now write its disks, and a restore of that checkpoint refuses every disk changed since");
+                }
                 if lock(&self.migration).ignore_shared
                     && crate::snapshot::save::shared_ram_file(&lock(&self.cfg)).is_some()
                 {

@@ -96,7 +96,7 @@ impl QmpHandler for Handler {
             Command::MigrateSetParameters(p) => {
                 let mut m = lock(&ctl.migration);
                 if let Some(mode) = p.mode {
-                    m.mode = mode.as_str();
+                    m.mode = mode;
                     if mode == MigMode::CprReboot {
                         log::info!("migration mode cpr-reboot set: the next migrate saves for a restart of vmm");
                     }
@@ -108,7 +108,7 @@ impl QmpHandler for Handler {
             }
             Command::QueryMigrateParameters => {
                 let m = lock(&ctl.migration);
-                let mut v = json!({"mode": m.mode});
+                let mut v = json!({"mode": m.mode.as_str()});
                 for (k, val) in &m.other_params {
                     v[k] = val.clone();
                 }

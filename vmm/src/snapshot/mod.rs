@@ -7,6 +7,7 @@ mod error;
 pub mod file_identity;
 pub mod format;
 pub mod restore;
+pub mod room;
 pub mod save;
 pub mod saved_config;
 pub mod uri;

@@ -11,6 +11,7 @@ use devices::virtio::persist::Persist;
 use log::info;
 use serde::{Deserialize, Serialize};
 
+use super::file_identity::FileIdentity;
 use super::format::{RamStats, Writer};
 use super::saved_config::{RamFile, SavedConfig};
 use super::{encode, SnapshotError};
@@ -30,6 +31,10 @@ pub struct SaveOptions {
     /// QEMU's x-ignore-shared: leave RAM out when it is shared and backed
     /// by a named file (QEMU 8.1+: memfd RAM is still written).
     pub ignore_shared: bool,
+    /// Migration mode cpr-reboot: the snapshot is a checkpoint for a
+    /// restart of vmm, and its restore refuses any disk image changed
+    /// since (SavedConfig::cpr).
+    pub cpr: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -51,6 +56,34 @@ pub fn shared_ram_file(cfg: &VmConfig) -> Option<&Path> {
     }
 }
 
+/// Makes each writable disk image durable (fsync) and records the identity
+/// (device, inode, size, mtime) of every image the VM has open. The VM is
+/// paused: its vCPUs are out of KVM_RUN and its device thread, the only
+/// one that processes block requests, is parked between two requests, so
+/// nothing writes an image between the fsync, the identity and the end of
+/// the save. As QEMU flushes every drive when it stops a VM for a
+/// migration, this is done for every save, not only for CPR.
+fn checkpoint_disks(m: &Machine) -> Result<Vec<(String, FileIdentity)>, SnapshotError> {
+    let mut out = Vec::new();
+    for slot in &m.slots {
+        let DeviceHandle::Block(d) = &slot.device else {
+            continue;
+        };
+        let dev = lock(d, &slot.name);
+        let path = dev.config().path.clone();
+        let io_err = |what: &str| {
+            let what = format!("{what} of disk image {} ({})", path.display(), slot.name);
+            move |source| SnapshotError::Io { what, source }
+        };
+        if !dev.config().readonly {
+            dev.sync_all().map_err(io_err("fsync"))?;
+        }
+        let meta = dev.image_metadata().map_err(io_err("fstat"))?;
+        out.push((slot.id.clone(), FileIdentity::from_metadata(&meta)));
+    }
+    Ok(out)
+}
+
 /// Writes the whole VM to `out`. The VM must be paused; `was_running`
 /// is the state to restore it into.
 pub fn save<W: Write>(
@@ -65,16 +98,32 @@ pub fn save<W: Write>(
     let t0 = Instant::now();
     let left_out = shared_ram_file(&m.cfg).filter(|_| opts.ignore_shared);
     let ram_file = match &left_out {
-        Some(p) => Some(RamFile::of(p).map_err(|e| SnapshotError::Io {
-            what: format!("reading the RAM file {}", p.display()),
-            source: e,
-        })?),
+        Some(p) => {
+            // The snapshot relies on the file: make the guest's writes to
+            // it durable too (a no-op on tmpfs), so that the pair survives
+            // a host crash or reboot as the committed snapshot file does.
+            let io_err = |what: &str| {
+                let what = format!("{what} the RAM file {}", p.display());
+                move |source| SnapshotError::Io { what, source }
+            };
+            std::fs::File::open(p)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err("fsync of"))?;
+            Some(RamFile::of(p).map_err(io_err("reading"))?)
+        }
         None => None,
     };
-    let config = SavedConfig::of(&m.cfg, ram_file).map_err(|e| SnapshotError::Io {
+    let mut config = SavedConfig::of(&m.cfg, ram_file).map_err(|e| SnapshotError::Io {
         what: "reading the disk images' sizes".into(),
         source: e,
     })?;
+    for (id, identity) in checkpoint_disks(m)? {
+        if let Some(d) = config.disks.iter_mut().find(|d| d.id == id) {
+            d.size = identity.size;
+            d.identity = identity;
+        }
+    }
+    config.cpr = opts.cpr;
     let mut w = Writer::new(out, &encode(&config))?;
     w.section(
         "run",
@@ -117,7 +166,12 @@ pub fn save<W: Write>(
         duration: t0.elapsed(),
     };
     info!(
-        "VM saved: {bytes} bytes, {} RAM pages of {} written{} in {:.1} ms",
+        "VM saved{}: {bytes} bytes, {} RAM pages of {} written{} in {:.1} ms",
+        if opts.cpr {
+            " as a cpr-reboot checkpoint"
+        } else {
+            ""
+        },
         ram.pages_written,
         ram.pages_scanned,
         if skip_boot {

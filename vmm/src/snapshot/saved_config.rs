@@ -8,7 +8,9 @@
 //! with their ids, each disk's size and read-only flag, each NIC's MAC,
 //! the balloon's features, each virtio-mem's size and block size; and when
 //! RAM was left out of the stream (x-ignore-shared), the very file it
-//! stays in.
+//! stays in. A CPR checkpoint (`cpr`) also needs each disk image to be
+//! the very file it was, unmodified (device, inode, size, mtime): the
+//! guest's page cache of it is in the saved RAM.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -16,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use devices::ram::{BackingKind, BackingSpec};
 use devices::size::format_size;
+use devices::virtio::block::BlockConfig;
 use serde::{Deserialize, Serialize};
 
 use super::file_identity::FileIdentity;
@@ -192,16 +195,23 @@ impl SavedConfig {
             |s| s.id.clone(),
             |c| c.id.clone(),
             |s, c, d| {
-                let size = fs::metadata(&c.path).map(|m| m.len());
-                match size {
-                    Ok(n) if n != s.size => d.push(format!(
-                        "--disk id={}: {} is {n} bytes, the saved disk {} bytes; give an image of the saved size",
-                        s.id,
-                        c.path.display(),
-                        s.size
-                    )),
-                    Err(e) => d.push(format!("--disk id={}: {}: {e}", s.id, c.path.display())),
-                    Ok(_) => {}
+                if self.cpr {
+                    // The guest's page cache of the disk is in the saved
+                    // RAM: the image must be the very file, unchanged.
+                    if let Some(change) = s.identity.check(&c.path) {
+                        let was = if c.path == s.path {
+                            String::new()
+                        } else {
+                            format!(" (the checkpoint had {})", s.path.display())
+                        };
+                        d.push(format!(
+                            "--disk id={}: {}{was}: {change} since the CPR checkpoint; put back the image exactly as it was at the checkpoint, or boot the VM fresh instead of restoring it",
+                            s.id,
+                            c.path.display(),
+                        ));
+                    }
+                } else {
+                    size_difference(s, c, d);
                 }
                 if s.readonly != c.readonly {
                     d.push(format!(
@@ -284,6 +294,21 @@ impl SavedConfig {
     }
 }
 
+/// A disk of a normal snapshot may be another file (a template clone
+/// gets a copy), of the saved size.
+fn size_difference(s: &SavedDisk, c: &BlockConfig, d: &mut Vec<String>) {
+    match fs::metadata(&c.path).map(|m| m.len()) {
+        Ok(n) if n != s.size => d.push(format!(
+            "--disk id={}: {} is {n} bytes, the saved disk {} bytes; give an image of the saved size",
+            s.id,
+            c.path.display(),
+            s.size
+        )),
+        Err(e) => d.push(format!("--disk id={}: {}: {e}", s.id, c.path.display())),
+        Ok(_) => {}
+    }
+}
+
 fn onoff(b: bool) -> &'static str {
     if b {
         "on"
@@ -341,5 +366,81 @@ fn list_differences<S, C>(
     }
     for (s, c) in saved.iter().zip(now) {
         each(s, c, d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawOptions;
+    use std::io::Write;
+
+    fn cfg_with_disk(path: &Path) -> VmConfig {
+        VmConfig::parse(&RawOptions {
+            cpus: 1,
+            memory: "size=64M".into(),
+            disks: vec![format!("path={},id=d0", path.display())],
+            serial: "off".into(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    /// A CPR checkpoint names every change to a disk image; a normal
+    /// snapshot only compares sizes (a clone's disk is a copy).
+    #[test]
+    fn a_cpr_checkpoint_refuses_a_changed_disk_and_a_normal_snapshot_does_not() {
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmm-saved-cfg-").unwrap();
+        let p = dir.as_path().join("disk.img");
+        fs::write(&p, vec![0u8; 4096]).unwrap();
+        let cfg = cfg_with_disk(&p);
+        let mut saved = SavedConfig::of(&cfg, None).unwrap();
+        assert_eq!(saved.differences(&cfg), Vec::<String>::new());
+        saved.cpr = true;
+        assert_eq!(saved.differences(&cfg), Vec::<String>::new(), "unchanged");
+
+        // Opened for writing, not written: still the same.
+        drop(fs::File::options().read(true).write(true).open(&p).unwrap());
+        assert_eq!(saved.differences(&cfg), Vec::<String>::new(), "opened rw");
+
+        let f = fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(9))
+            .unwrap();
+        let d = saved.differences(&cfg);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].starts_with(&format!("--disk id=d0: {}: it was modified", p.display()))
+                && d[0].contains("CPR checkpoint")
+                && d[0].contains("boot the VM fresh"),
+            "{d:?}"
+        );
+        // A normal snapshot does not mind.
+        saved.cpr = false;
+        assert_eq!(saved.differences(&cfg), Vec::<String>::new());
+
+        // A copy at the same path is another file: refused for CPR only.
+        saved = SavedConfig::of(&cfg, None).unwrap();
+        let q = dir.as_path().join("copy.img");
+        fs::copy(&p, &q).unwrap();
+        fs::rename(&q, &p).unwrap();
+        assert_eq!(saved.differences(&cfg), Vec::<String>::new());
+        saved.cpr = true;
+        let d = saved.differences(&cfg);
+        assert!(d.len() == 1 && d[0].contains("replaced"), "{d:?}");
+
+        // A grown image is named once, by its size.
+        saved = SavedConfig::of(&cfg, None).unwrap();
+        saved.cpr = true;
+        fs::File::options()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(&[1u8; 512])
+            .unwrap();
+        let d = saved.differences(&cfg);
+        assert!(
+            d.len() == 1 && d[0].contains("size changed from 4096 to 4608"),
+            "{d:?}"
+        );
     }
 }

@@ -26,6 +26,7 @@ use std::process::ExitStatus;
 
 use thiserror::Error;
 
+pub(crate) use sink::dir_of;
 pub use sink::Sink;
 pub use source::Source;
 

@@ -63,6 +63,17 @@ impl Block {
         &self.config
     }
 
+    /// Makes the image durable (fsync): every request completed so far is
+    /// on disk, with the size and mtime it gave the file.
+    pub fn sync_all(&self) -> std::io::Result<()> {
+        self.disk.sync_all()
+    }
+
+    /// The open image's metadata (fstat), for its identity at a checkpoint.
+    pub fn image_metadata(&self) -> std::io::Result<std::fs::Metadata> {
+        self.disk.metadata()
+    }
+
     /// Disk size in 512-byte sectors, fixed when the image was opened.
     pub fn capacity_sectors(&self) -> u64 {
         self.disk.capacity_sectors()

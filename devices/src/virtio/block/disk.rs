@@ -103,6 +103,17 @@ impl Disk {
         self.file.sync_data()
     }
 
+    /// Makes every write so far durable, metadata (size, mtime) included.
+    pub fn sync_all(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+
+    /// The open image's metadata: the file the device really uses, even if
+    /// its path now names another.
+    pub fn metadata(&self) -> io::Result<std::fs::Metadata> {
+        self.file.metadata()
+    }
+
     /// Deallocates `[offset, offset + len)`; the range reads back as zero.
     pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         self.fallocate_or_zero(

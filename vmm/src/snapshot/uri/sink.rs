@@ -121,7 +121,7 @@ fn open_tmp(dest: &Path) -> Result<Kind, UriError> {
 }
 
 /// The directory holding `path` ("." for a bare name).
-fn dir_of(path: &Path) -> &Path {
+pub(crate) fn dir_of(path: &Path) -> &Path {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

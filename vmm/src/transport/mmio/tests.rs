@@ -835,3 +835,63 @@ fn a_pending_interrupt_and_a_waiting_request_survive_a_round_trip() {
     bad.interrupt_status = 0x4;
     assert!(rig.t.restore_state(&bad).is_err());
 }
+
+/// A save takes each disk's identity (after an fsync) on a paused VM and
+/// relies on nothing writing the image afterwards: the device thread is
+/// the only one that processes block requests, and once paused it is
+/// parked. A write request the guest makes available and notifies then
+/// is not processed, and the image keeps its identity, until the resume.
+#[test]
+fn a_parked_device_thread_leaves_the_image_as_its_identity_says_until_resume() {
+    use crate::event_loop::EventLoop;
+    use crate::exit::ExitSignal;
+    use crate::snapshot::file_identity::FileIdentity;
+
+    let mut rig = Rig::new();
+    let mut dq = rig.init();
+    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+    let mut el = EventLoop::new().unwrap();
+    let handle = el.handle().unwrap();
+    let dev: Arc<Mutex<dyn VirtioDevice>> = rig.block.clone();
+    el.add_queue("--disk id=disk-0", dev, 0, kick.try_clone().unwrap())
+        .unwrap();
+    let exit = Arc::new(ExitSignal::new().unwrap());
+    let stop = EventFd::new(EFD_NONBLOCK).unwrap();
+    let device_thread = {
+        let (exit, stop) = (exit.clone(), stop.try_clone().unwrap());
+        std::thread::spawn(move || el.run(exit, stop, false))
+    };
+
+    handle.pause().unwrap();
+    let identity = {
+        let b = rig.block.lock().unwrap();
+        b.sync_all().unwrap();
+        FileIdentity::from_metadata(&b.image_metadata().unwrap())
+    };
+    assert_eq!(identity, FileIdentity::of(&rig.image).unwrap());
+    let payload = pattern(SECTOR, 5);
+    let (_, status) = rig.submit(&mut dq, VIRTIO_BLK_T_OUT, 2, &payload, 0);
+    kick.write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rig.get(status, 1), [UNTOUCHED], "processed while paused");
+    assert_eq!(identity.check(&rig.image), None, "the image changed");
+
+    handle.resume().unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while rig.get(status, 1) != [VIRTIO_BLK_S_OK] {
+        assert!(
+            std::time::Instant::now() < end,
+            "not processed after resume"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let why = identity
+        .check(&rig.image)
+        .expect("the write changes the image");
+    assert!(why.contains("modified"), "{why}");
+    let on_disk = fs::read(&rig.image).unwrap();
+    assert_eq!(&on_disk[2 * SECTOR..3 * SECTOR], payload.as_slice());
+
+    stop.write(1).unwrap();
+    device_thread.join().unwrap();
+}
