@@ -116,6 +116,20 @@ struct RunArgs {
     /// Where COM1 goes: stdio, file=PATH or off.
     #[arg(long, value_name = "stdio|file=P|off", default_value = "stdio")]
     serial: String,
+    /// VM Generation ID device (as QEMU's vmgenid): on or off.
+    ///
+    /// on: the guest finds a GUID through ACPI, and every restore of a snapshot
+    /// (every template clone) writes a new one and notifies the guest, so that
+    /// Linux reseeds its RNG and clones do not share RNG state.
+    /// On restore the device exists if the saved VM had it; off then keeps the
+    /// saved GUID and does not notify the guest, only to show the hazard.
+    #[arg(
+        long,
+        value_name = "on|off",
+        default_value = "on",
+        verbatim_doc_comment
+    )]
+    vmgenid: String,
     /// QMP control socket (QEMU's protocol): unix:PATH, or unix:fd=N for a
     /// listening socket inherited from the parent.
     #[arg(long, value_name = "unix:PATH")]
@@ -147,6 +161,7 @@ fn run(args: RunArgs) -> ExitCode {
         balloon: args.balloon,
         virtio_mems: args.virtio_mem,
         serial: args.serial,
+        vmgenid: Some(args.vmgenid),
     };
     let incoming = match args.incoming.as_deref().map(Incoming::parse).transpose() {
         Ok(i) => i,

@@ -90,6 +90,9 @@ pub struct SavedConfig {
     pub kernel: PathBuf,
     pub cmdline: String,
     /// The VM has a VM Generation ID device (its ACPI tables describe it).
+    /// Not a difference a restore refuses: the restored VM has the device
+    /// when the saved one had it, whatever `--vmgenid` says; the option
+    /// only decides whether it gets a new generation ID.
     pub vmgenid: bool,
     /// Saved in migration mode cpr-reboot: a restore must find every disk
     /// image unmodified.
@@ -142,7 +145,7 @@ impl SavedConfig {
                 .collect(),
             kernel: cfg.kernel.clone(),
             cmdline: cfg.cmdline.clone(),
-            vmgenid: false,
+            vmgenid: cfg.vmgenid,
             cpr: false,
         })
     }
