@@ -346,3 +346,29 @@ fn list_differences<S, C>(
         each(s, c, d);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawOptions;
+
+    fn cfg(vmgenid: &str) -> VmConfig {
+        VmConfig::parse(&RawOptions {
+            cpus: 1,
+            memory: "size=64M".into(),
+            serial: "off".into(),
+            vmgenid: Some(vmgenid.into()),
+            ..RawOptions::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_generation_id_device_is_recorded_and_never_a_difference() {
+        for (saved, now) in [("on", "off"), ("off", "on"), ("on", "on")] {
+            let s = SavedConfig::of(&cfg(saved), None).unwrap();
+            assert_eq!(s.vmgenid, saved == "on");
+            assert_eq!(s.differences(&cfg(now)), Vec::<String>::new());
+        }
+    }
+}
