@@ -80,6 +80,9 @@ pub struct VmConfig {
     /// Per NIC: whether `mac=` was given. A restore keeps the saved MAC of a
     /// NIC whose MAC was made up at random on the command line.
     pub mac_given: Vec<bool>,
+    /// `--vmgenid`: a booted VM gets a VM Generation ID device; a restored
+    /// VM that has one gets a new generation ID.
+    pub vmgenid: bool,
 }
 
 /// The raw option strings, as clap collected them.
@@ -95,6 +98,8 @@ pub struct RawOptions {
     pub balloon: Option<String>,
     pub virtio_mems: Vec<String>,
     pub serial: String,
+    /// `--vmgenid on|off`; None means the default, on.
+    pub vmgenid: Option<String>,
 }
 
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -401,6 +406,12 @@ impl VmConfig {
             },
         };
 
+        let vmgenid = match raw.vmgenid.as_deref() {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(v) => return Err(invalid("--vmgenid", format!("'{v}' is not on or off"))),
+        };
+
         Ok(VmConfig {
             kernel: raw.kernel.clone(),
             initrd: raw.initrd.clone(),
@@ -416,6 +427,7 @@ impl VmConfig {
             virtio_mems,
             serial,
             mac_given,
+            vmgenid,
         })
     }
 
@@ -598,6 +610,19 @@ impl VmConfig {
             SerialConfig::Off => "off".to_string(),
         };
         let _ = writeln!(s, "serial:  {serial}");
+        let _ = writeln!(
+            s,
+            "vmgenid: {}{}",
+            onoff(self.vmgenid),
+            if self.vmgenid {
+                format!(
+                    " (GUID at {:#x}, new on every restore)",
+                    layout::VMGENID_ADDR
+                )
+            } else {
+                " (clones of a snapshot share RNG state)".to_string()
+            }
+        );
         s
     }
 }

@@ -28,6 +28,20 @@ pub const ACPI_END: u64 = 0x000F_0000;
 /// hardware-reduced ACPI platform without EFI (it prefers EFI reboot there,
 /// and has no EFI).
 pub const RESET_VECTOR: u64 = 0x000F_FFF0;
+/// The VM Generation ID: one page right after the ACPI tables, in the
+/// reserved BIOS area (so the guest never allocates it), of which the
+/// 16-byte GUID takes the first bytes. The DSDT's `\_SB.VGEN.ADDR`
+/// returns this address. It lies in boot RAM: a template clone writes its
+/// own GUID into a private copy of the page, never into the template's file.
+pub const VMGENID_ADDR: u64 = ACPI_END;
+pub const VMGENID_SIZE: u64 = 0x1000;
+const _: () = assert!(
+    VMGENID_ADDR.is_multiple_of(0x1000)
+        && VMGENID_ADDR >= ACPI_END
+        && VMGENID_ADDR + VMGENID_SIZE <= RESET_VECTOR
+        && VMGENID_ADDR + VMGENID_SIZE <= MIN_RAM,
+    "the generation ID page lies in the BIOS area, clear of the ACPI tables and the reset stub"
+);
 
 /// virtio-mmio device windows, one page each, low in the MMIO hole (the
 /// IOAPIC is at 0xFEC0_0000 and the LAPIC at 0xFEE0_0000).

@@ -240,11 +240,19 @@ struct VmArgs {
     /// Where COM1 goes: stdio, file=PATH or off.
     #[arg(long, value_name = "stdio|file=P|off", default_value = "stdio")]
     serial: String,
-    /// VM Generation ID device (on|off): a new generation ID on every restore
-    /// and clone, so that each clone's Linux reseeds its random number
-    /// generator instead of repeating its siblings' output. off only to
-    /// show that hazard.
-    #[arg(long, value_name = "on|off", default_value = "on")]
+    /// VM Generation ID device (as QEMU's vmgenid): on or off.
+    ///
+    /// on: the guest finds a GUID through ACPI, and every restore of a snapshot
+    /// (every template clone) writes a new one and notifies the guest, so that
+    /// Linux reseeds its RNG and clones do not share RNG state.
+    /// On restore the device exists if the saved VM had it; off then keeps the
+    /// saved GUID and does not notify the guest, only to show the hazard.
+    #[arg(
+        long,
+        value_name = "on|off",
+        default_value = "on",
+        verbatim_doc_comment
+    )]
     vmgenid: String,
 }
 
@@ -261,6 +269,7 @@ impl VmArgs {
             balloon: self.balloon.clone(),
             virtio_mems: self.virtio_mem.clone(),
             serial: self.serial.clone(),
+            vmgenid: Some(self.vmgenid.clone()),
         }
     }
 }

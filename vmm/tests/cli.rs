@@ -106,6 +106,44 @@ fn dry_run_prints_the_resolved_configuration() {
 }
 
 #[test]
+fn vmgenid_is_on_by_default_and_takes_on_or_off() {
+    let d = Dir::new();
+    let kernel = d.kernel();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--kernel",
+            &kernel,
+            "--memory",
+            "size=64M",
+            "--dry-run",
+        ];
+        args.extend_from_slice(extra);
+        vmm(&args)
+    };
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("vmgenid: on (GUID at 0xf0000, new on every restore)"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["--vmgenid", "off"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("vmgenid: off (clones of a snapshot share RNG state)"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["--vmgenid", "maybe"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stderr(&o), "vmm: --vmgenid: 'maybe' is not on or off\n");
+    let help = stdout(&vmm(&["run", "--help"]));
+    assert!(help.contains("--vmgenid <on|off>"), "{help}");
+    assert!(help.contains("share RNG state"), "{help}");
+}
+
+#[test]
 fn dry_run_needs_no_kvm_and_starts_nothing() {
     let d = Dir::new();
     let ram = d.0.join("ram");

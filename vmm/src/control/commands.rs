@@ -44,6 +44,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "qom-get",
     "query-memory-devices",
     "query-name",
+    "query-vm-generation-id",
 ];
 
 /// QEMU 10's migration capabilities (`MigrationCapability`): the names
@@ -175,6 +176,9 @@ pub enum Command {
     QueryMemoryDevices,
     /// Returns `{}` when the VM has no name, `{"name": N}` otherwise.
     QueryName,
+    /// Returns `{"guid": "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"}`, the VM
+    /// Generation ID the guest sees now.
+    QueryVmGenerationId,
 }
 
 impl Command {
@@ -204,6 +208,7 @@ impl Command {
             Command::QomGet { .. } => "qom-get",
             Command::QueryMemoryDevices => "query-memory-devices",
             Command::QueryName => "query-name",
+            Command::QueryVmGenerationId => "query-vm-generation-id",
         }
     }
 
@@ -230,6 +235,7 @@ impl Command {
             "query-balloon" => no_args(Command::QueryBalloon)(a)?,
             "query-memory-devices" => no_args(Command::QueryMemoryDevices)(a)?,
             "query-name" => no_args(Command::QueryName)(a)?,
+            "query-vm-generation-id" => no_args(Command::QueryVmGenerationId)(a)?,
             "migrate-set-capabilities" => parse_set_capabilities(a)?,
             "migrate-set-parameters" => parse_set_parameters(a)?,
             "migrate" => {

@@ -17,6 +17,10 @@ pub struct Handler(pub Arc<Controller>);
 /// accepted with state false only.
 const CAPABILITIES: &[&str] = &["x-ignore-shared", "events"];
 
+/// query-vm-generation-id without the device (QEMU: "VM Generation ID
+/// device not found").
+pub const NO_VMGENID: &str = "the VM has no generation ID device (--vmgenid off)";
+
 /// QEMU's path of a device given with id=ID.
 const PERIPHERAL: &str = "/machine/peripheral/";
 
@@ -32,6 +36,11 @@ impl QmpHandler for Handler {
             }
             Command::QueryKvm => Ok(json!({"enabled": true, "present": true})),
             Command::QueryName => Ok(json!({})),
+            Command::QueryVmGenerationId => ctl
+                .with_machine(|m| Ok(m.vmgenid))
+                .map_err(generic)?
+                .map(|g| json!({"guid": g.guid.to_string()}))
+                .ok_or_else(|| generic(NO_VMGENID)),
             Command::QueryCpusFast => {
                 let cpus = ctl.with_machine(|m| Ok(m.vcpus.info())).unwrap_or_default();
                 Ok(Value::Array(

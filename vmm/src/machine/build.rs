@@ -26,11 +26,12 @@ use crate::event_loop::EventLoop;
 use crate::exit::{ExitSignal, VmExit};
 use crate::layout;
 use crate::memory::build_guest_ram;
-use crate::platform::ged::{Ged, GedState};
+use crate::platform::ged::{Ged, GedState, EVENT_GENERATION_ID};
 use crate::platform::power::{AcpiPower, I8042Reset};
 use crate::platform::serial::{ComState, SerialDevice, SerialOut};
 use crate::platform::serial_watch::{SerialWatch, Watched};
 use crate::platform::terminal::RawStdin;
+use crate::platform::vmgenid::{Guid, VmGenId};
 use crate::transport::mmio::{MmioTransport, MmioTransportState, NOTIFY_OFFSET};
 use crate::vstate::{self, Vcpu, VcpuState, Vm, VmState};
 
@@ -151,9 +152,61 @@ pub struct Restored {
     pub vcpus: Vec<VcpuState>,
     pub com1: Option<ComState>,
     pub ged: GedState,
+    /// The saved VM has a VM Generation ID device (its ACPI tables, in
+    /// the restored RAM, describe it).
+    pub vmgenid: bool,
     /// One per virtio device, in window order: the transport's registers
     /// and the device's own saved bytes.
     pub devices: Vec<(MmioTransportState, Vec<u8>)>,
+}
+
+/// A fresh random generation ID, written into guest RAM.
+fn new_generation_id(ram: &GuestRam) -> Result<Guid, MachineError> {
+    let guid = Guid::random().map_err(host("getrandom for the VM generation ID"))?;
+    guid.write_to(ram.memory()).map_err(|e| {
+        device_err(
+            "VM generation ID",
+            format!("writing it into guest RAM: {e}"),
+        )
+    })?;
+    Ok(guid)
+}
+
+/// A restored VM's generation ID, before any vCPU runs. With the device
+/// in the saved VM and `--vmgenid on` the guest gets a new GUID and the
+/// GED's event, which it takes as soon as it resumes (Linux then reseeds
+/// its RNG); with `--vmgenid off` it keeps the saved one. A saved VM
+/// without the device is left alone: nothing tells its guest to look.
+fn restored_generation_id(
+    cfg: &VmConfig,
+    ram: &GuestRam,
+    saved_has_device: bool,
+    ged: &mut Ged,
+) -> Result<Option<VmGenId>, MachineError> {
+    if !saved_has_device {
+        if cfg.vmgenid {
+            warn!(
+                "the restored guest has no VM generation ID device (it was booted with \
+                 --vmgenid off): clones of this snapshot will share RNG state"
+            );
+        }
+        return Ok(None);
+    }
+    let saved = Guid::read_from(ram.memory()).map_err(|e| {
+        device_err(
+            "VM generation ID",
+            format!("reading it from guest RAM: {e}"),
+        )
+    })?;
+    if !cfg.vmgenid {
+        info!("--vmgenid off: the VM generation ID stays {saved}, the saved VM's; the guest is not told it was restored");
+        return Ok(Some(VmGenId { guid: saved }));
+    }
+    let guid = new_generation_id(ram)?;
+    ged.raise(EVENT_GENERATION_ID)
+        .map_err(host("raising the generation ID event"))?;
+    info!("VM generation ID {guid} (was {saved})");
+    Ok(Some(VmGenId { guid }))
 }
 
 /// Boots `cfg`'s kernel (validated configuration) and starts the threads;
@@ -385,11 +438,6 @@ fn assemble(
         .map_err(host("creating the GED interrupt eventfd"))?;
     vm.register_irqfd(&ged_irq, layout::GED_GSI)?;
     let ged = Arc::new(Mutex::new(Ged::new(ged_irq)));
-    if let Some(s) = saved {
-        lock(&ged, "GED")
-            .restore(s.ged)
-            .map_err(host("raising a restored GED event"))?;
-    }
     pio.insert(
         "Generic Event Device",
         ged.clone(),
@@ -417,7 +465,7 @@ fn assemble(
 
     let layout = Arc::new(vstate::vcpu_state::StateLayout::of(vm.kvm()));
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
-    match saved {
+    let vmgenid = match saved {
         None => {
             let windows: Vec<(u64, u32)> = slots.iter().map(|s| (s.base, s.gsi)).collect();
             let rsdp = acpi::write_acpi_tables(
@@ -425,8 +473,17 @@ fn assemble(
                 &AcpiPlatform {
                     cpus: cfg.cpus,
                     virtio_mmio: &windows,
+                    vmgenid: cfg.vmgenid,
                 },
             )?;
+            let vmgenid = match cfg.vmgenid {
+                true => {
+                    let guid = new_generation_id(&ram)?;
+                    info!("VM generation ID {guid}");
+                    Some(VmGenId { guid })
+                }
+                false => None,
+            };
             let entry = loader::load(
                 ram.memory(),
                 &BootSpec {
@@ -442,6 +499,7 @@ fn assemble(
                 let boot = (i == 0).then_some((ram.memory(), entry));
                 vcpus.push(Vcpu::new(&vm, &cpuid, i, cfg.cpus, boot)?);
             }
+            vmgenid
         }
         Some(s) => {
             vm.restore_state(&s.vm)?;
@@ -450,8 +508,15 @@ fn assemble(
                 state.restore(vcpu.fd(), &layout)?;
                 vcpus.push(vcpu);
             }
+            // Events are raised once the IOAPIC and the LAPICs hold their
+            // saved state: one raised into the new VM's masked IOAPIC pin
+            // would be lost.
+            let mut ged = lock(&ged, "GED");
+            ged.restore(s.ged)
+                .map_err(host("raising a restored GED event"))?;
+            restored_generation_id(cfg, &ram, s.vmgenid, &mut ged)?
         }
-    }
+    };
 
     let stop = EventFd::new(libc::EFD_CLOEXEC).map_err(host("creating the stop eventfd"))?;
     let stop_loop = stop
@@ -487,8 +552,13 @@ fn assemble(
         slots.len(),
         if paused { ", paused" } else { "" }
     );
+    // The Machine's configuration says whether its VM has the device, as
+    // a save records it: after a restore, what the saved VM had.
+    let mut cfg = cfg.clone();
+    cfg.vmgenid = vmgenid.is_some();
     Ok(Machine {
-        cfg: cfg.clone(),
+        cfg,
+        vmgenid,
         ram,
         vm,
         exit,

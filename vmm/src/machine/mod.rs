@@ -25,6 +25,7 @@ use crate::event_loop::LoopHandle;
 use crate::exit::ExitSignal;
 use crate::platform::ged::{Ged, EVENT_POWER_BUTTON};
 use crate::platform::serial::SerialDevice;
+use crate::platform::vmgenid::VmGenId;
 use crate::transport::MmioTransport;
 use crate::vstate::{self, Vm};
 
@@ -92,7 +93,10 @@ pub struct VirtioSlot {
 }
 
 pub struct Machine {
+    /// The configuration; `vmgenid` says whether the VM has the device.
     pub cfg: VmConfig,
+    /// The VM Generation ID device and the GUID the guest sees now.
+    pub vmgenid: Option<VmGenId>,
     pub ram: Arc<GuestRam>,
     pub vm: Vm,
     pub exit: Arc<ExitSignal>,

@@ -1,5 +1,5 @@
 //! The Generic Event Device: how a hardware-reduced ACPI platform tells the
-//! guest about events (the power button today). The host sets event bits
+//! guest about events (the power button, a new VM generation ID). The host sets event bits
 //! and raises GSI `GED_GSI`; the guest's `_EVT` method reads the register,
 //! which clears it, and notifies the devices whose bits were set.
 
@@ -13,8 +13,11 @@ use crate::bus::BusDevice;
 
 /// The power button was pressed: `_EVT` notifies `\_SB.PWRB` with 0x80.
 pub const EVENT_POWER_BUTTON: u8 = 1 << 0;
+/// The VM generation ID changed (a restore): `_EVT` notifies `\_SB.VGEN`
+/// with 0x80, when the VM has that device.
+pub const EVENT_GENERATION_ID: u8 = 1 << 1;
 /// Every event the DSDT's `_EVT` method handles.
-pub const EVENTS_ALL: u8 = EVENT_POWER_BUTTON;
+pub const EVENTS_ALL: u8 = EVENT_POWER_BUTTON | EVENT_GENERATION_ID;
 
 pub struct Ged {
     pending: u8,

@@ -121,6 +121,7 @@ pub fn restore<R: Read>(
         vcpus,
         com1,
         ged,
+        vmgenid: saved.vmgenid,
         devices,
     };
     let machine = build::restore(cfg, ram, kvm_vm, &restored, true)?;

@@ -93,6 +93,9 @@ pub struct SavedConfig {
     pub kernel: PathBuf,
     pub cmdline: String,
     /// The VM has a VM Generation ID device (its ACPI tables describe it).
+    /// Not a difference a restore refuses: the restored VM has the device
+    /// when the saved one had it, whatever `--vmgenid` says; the option
+    /// only decides whether it gets a new generation ID.
     pub vmgenid: bool,
     /// Saved in migration mode cpr-reboot: a restore must find every disk
     /// image unmodified.
@@ -145,7 +148,7 @@ impl SavedConfig {
                 .collect(),
             kernel: cfg.kernel.clone(),
             cmdline: cfg.cmdline.clone(),
-            vmgenid: false,
+            vmgenid: cfg.vmgenid,
             cpr: false,
         })
     }
@@ -386,6 +389,17 @@ mod tests {
         .unwrap()
     }
 
+    fn cfg(vmgenid: &str) -> VmConfig {
+        VmConfig::parse(&RawOptions {
+            cpus: 1,
+            memory: "size=64M".into(),
+            serial: "off".into(),
+            vmgenid: Some(vmgenid.into()),
+            ..RawOptions::default()
+        })
+        .unwrap()
+    }
+
     /// A CPR checkpoint names every change to a disk image; a normal
     /// snapshot only compares sizes (a clone's disk is a copy).
     #[test]
@@ -442,5 +456,14 @@ mod tests {
             d.len() == 1 && d[0].contains("size changed from 4096 to 4608"),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn the_generation_id_device_is_recorded_and_never_a_difference() {
+        for (saved, now) in [("on", "off"), ("off", "on"), ("on", "on")] {
+            let s = SavedConfig::of(&cfg(saved), None).unwrap();
+            assert_eq!(s.vmgenid, saved == "on");
+            assert_eq!(s.differences(&cfg(now)), Vec::<String>::new());
+        }
     }
 }

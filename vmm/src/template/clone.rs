@@ -250,11 +250,11 @@ pub fn clone(args: CloneArgs) -> Result<RunEnd, TemplateError> {
             })
             .collect(),
         serial: args.serial.clone(),
+        vmgenid: Some(if args.vmgenid { "on" } else { "off" }.into()),
     };
     let cfg = VmConfig::parse(&raw)
         .and_then(|c| c.validate_except_kernel().map(|()| c))
         .map_err(|e| TemplateError::Refused(e.to_string()))?;
-    let _ = args.vmgenid;
     let opts = RunOptions {
         start_paused: args.paused,
         incoming: Some(Incoming::Uri(StreamUri::File(dir.join(&m.state.file)))),

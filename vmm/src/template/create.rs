@@ -372,7 +372,7 @@ pub fn create(args: CreateArgs) -> Result<Created, TemplateError> {
                 },
             })
             .collect(),
-        vmgenid: false,
+        vmgenid: cfg.vmgenid,
     };
     manifest
         .write(&dir)

@@ -22,8 +22,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 use crate::layout::{
     ACPI_END, ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
     ACPI_START, COM1_IRQ, COM1_PORT, GED_GSI, GED_PORT, IOAPIC_LAST_IRQ, MAX_VIRTIO_DEVICES,
-    S5_SLP_TYP, VIRTIO_MMIO_SIZE,
+    S5_SLP_TYP, VIRTIO_MMIO_SIZE, VMGENID_ADDR,
 };
+use crate::platform::ged::{EVENT_GENERATION_ID, EVENT_POWER_BUTTON};
 
 #[cfg(test)]
 mod tests;
@@ -64,6 +65,8 @@ pub struct AcpiPlatform<'a> {
     pub cpus: u8,
     /// (window base, gsi) of each virtio-mmio device.
     pub virtio_mmio: &'a [(u64, u32)],
+    /// A VM Generation ID device (`\_SB.VGEN`), its GUID at VMGENID_ADDR.
+    pub vmgenid: bool,
 }
 
 #[derive(Debug, Error)]
@@ -324,7 +327,10 @@ fn xsdt(entries: &[u64]) -> Vec<u8> {
 fn dsdt(p: &AcpiPlatform) -> Vec<u8> {
     let mut sb = Vec::new();
     com1_aml(&mut sb);
-    ged_aml(&mut sb);
+    ged_aml(p.vmgenid, &mut sb);
+    if p.vmgenid {
+        vmgenid_aml(&mut sb);
+    }
     for (index, &(base, gsi)) in p.virtio_mmio.iter().enumerate() {
         virtio_mmio_aml(index, base, gsi, &mut sb);
     }
@@ -367,20 +373,25 @@ fn com1_aml(sink: &mut Vec<u8>) {
 /// The Generic Event Device (ACPI0013) through which a hardware-reduced
 /// platform raises events, and the power button it notifies. On the GED's
 /// interrupt Linux runs `_EVT`, which reads (and so clears) the event
-/// register and notifies the devices whose bits are set.
-fn ged_aml(sink: &mut Vec<u8>) {
+/// register and notifies the devices whose bits are set: the power button,
+/// and with `vmgenid` the generation ID device.
+fn ged_aml(vmgenid: bool, sink: &mut Vec<u8>) {
     let irq = aml::Interrupt::new(true, true, false, false, GED_GSI);
     let port = u64::from(GED_PORT);
     let gevt = aml::Path::new("GEVT");
     let pwrb = aml::Path::new("\\_SB_.PWRB");
     let read = aml::Store::new(&aml::Local(0), &gevt);
-    let power_bit = aml::And::new(
-        &aml::ZERO,
-        &aml::Local(0),
-        &crate::platform::ged::EVENT_POWER_BUTTON,
-    );
+    let power_bit = aml::And::new(&aml::ZERO, &aml::Local(0), &EVENT_POWER_BUTTON);
     let notify_power = aml::Notify::new(&pwrb, &0x80u8);
     let on_power = aml::If::new(&power_bit, vec![&notify_power]);
+    let vgen = aml::Path::new("\\_SB_.VGEN");
+    let genid_bit = aml::And::new(&aml::ZERO, &aml::Local(0), &EVENT_GENERATION_ID);
+    let notify_genid = aml::Notify::new(&vgen, &0x80u8);
+    let on_genid = aml::If::new(&genid_bit, vec![&notify_genid]);
+    let mut evt: Vec<&dyn Aml> = vec![&read, &on_power];
+    if vmgenid {
+        evt.push(&on_genid);
+    }
     aml::Device::new(
         "GED0".into(),
         vec![
@@ -395,7 +406,7 @@ fn ged_aml(sink: &mut Vec<u8>) {
                 aml::FieldUpdateRule::WriteAsZeroes,
                 vec![aml::FieldEntry::Named(*b"GEVT", 8)],
             ),
-            &aml::Method::new("_EVT".into(), 1, true, vec![&read, &on_power]),
+            &aml::Method::new("_EVT".into(), 1, true, evt),
         ],
     )
     .to_aml_bytes(sink);
@@ -404,6 +415,30 @@ fn ged_aml(sink: &mut Vec<u8>) {
         vec![
             &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C")),
             &aml::Name::new("_UID".into(), &aml::ZERO),
+        ],
+    )
+    .to_aml_bytes(sink);
+}
+
+/// The VM Generation ID device as QEMU describes it (hw/acpi/vmgenid.c):
+/// Linux's vmgenid driver binds to its `_CID` (ACPICA upper-cases it to
+/// "VM_GEN_COUNTER"), Windows to `_CID`/`_DDN` "VM_Gen_Counter"; both call
+/// `ADDR` for the GUID's guest-physical address, a Package of its low and
+/// high 32 bits, and re-read the GUID on Notify(VGEN, 0x80).
+fn vmgenid_aml(sink: &mut Vec<u8>) {
+    let lo = (VMGENID_ADDR & 0xffff_ffff) as u32;
+    let hi = (VMGENID_ADDR >> 32) as u32;
+    let addr = aml::Package::new(vec![&lo, &hi]);
+    let ret_addr = aml::Return::new(&addr);
+    let ret_sta = aml::Return::new(&0xfu8);
+    aml::Device::new(
+        "VGEN".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &"QEMUVGID"),
+            &aml::Name::new("_CID".into(), &"VM_Gen_Counter"),
+            &aml::Name::new("_DDN".into(), &"VM_Gen_Counter"),
+            &aml::Method::new("_STA".into(), 0, false, vec![&ret_sta]),
+            &aml::Method::new("ADDR".into(), 0, false, vec![&ret_addr]),
         ],
     )
     .to_aml_bytes(sink);

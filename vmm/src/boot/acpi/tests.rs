@@ -109,6 +109,7 @@ fn rsdp_xsdt_fadt_madt_dsdt_chain_with_valid_checksums() {
     let t = write_and_read_back(&AcpiPlatform {
         cpus: 4,
         virtio_mmio: &devs,
+        vmgenid: false,
     });
     assert_eq!(&t.rsdp[9..15], b"TMPLVM");
     assert_eq!(t.xsdt[8], 1, "XSDT revision");
@@ -119,6 +120,7 @@ fn fadt_is_hardware_reduced_with_sleep_and_reset_registers() {
     let t = write_and_read_back(&AcpiPlatform {
         cpus: 1,
         virtio_mmio: &[],
+        vmgenid: false,
     });
     let f = &t.fadt;
     assert_eq!(f.len(), 276, "FADT length of ACPI 6.x");
@@ -196,6 +198,7 @@ fn madt_has_one_enabled_lapic_per_cpu_and_the_ioapic() {
         let t = write_and_read_back(&AcpiPlatform {
             cpus,
             virtio_mmio: &[],
+            vmgenid: false,
         });
         assert_eq!(u32_at(&t.madt, 36), 0xFEE0_0000, "local APIC address");
         let (lapics, ioapics) = madt_entries(&t.madt);
@@ -211,6 +214,7 @@ fn largest_platform_fits_in_the_area() {
     let t = write_and_read_back(&AcpiPlatform {
         cpus: u8::MAX,
         virtio_mmio: &devs,
+        vmgenid: true,
     });
     assert!(t.dsdt.len() > 36 + MAX_VIRTIO_DEVICES * 32);
 }
@@ -231,6 +235,7 @@ fn refuses_platforms_it_cannot_describe() {
     let e = write_err(&AcpiPlatform {
         cpus: 0,
         virtio_mmio: &[],
+        vmgenid: false,
     });
     assert!(matches!(e, AcpiError::NoCpus), "{e}");
 
@@ -238,6 +243,7 @@ fn refuses_platforms_it_cannot_describe() {
     let e = write_err(&AcpiPlatform {
         cpus: 1,
         virtio_mmio: &devs,
+        vmgenid: false,
     });
     assert!(
         matches!(e, AcpiError::TooManyDevices { count, max } if count == MAX_VIRTIO_DEVICES + 1 && max == MAX_VIRTIO_DEVICES),
@@ -259,6 +265,7 @@ fn refuses_platforms_it_cannot_describe() {
         let e = write_err(&AcpiPlatform {
             cpus: 1,
             virtio_mmio: devs,
+            vmgenid: false,
         });
         assert!(
             matches!(e, AcpiError::BadGsi { .. } | AcpiError::BadWindow { .. }),
@@ -276,6 +283,7 @@ fn tables_larger_than_the_area_are_refused() {
     let p = AcpiPlatform {
         cpus: 8,
         virtio_mmio: &devs,
+        vmgenid: false,
     };
     let end = ACPI_START + 512;
     let e = write_tables_in(&mem, &p, ACPI_START, end).unwrap_err();
@@ -301,6 +309,7 @@ fn guest_ram_without_the_bios_area_is_an_error() {
         &AcpiPlatform {
             cpus: 1,
             virtio_mmio: &[],
+            vmgenid: false,
         },
     )
     .unwrap_err();
@@ -393,6 +402,7 @@ fn iasl_decodes_the_dsdt_devices_and_s5() {
     let t = write_and_read_back(&AcpiPlatform {
         cpus: 2,
         virtio_mmio: &devs,
+        vmgenid: false,
     });
     let dsl = iasl_disassemble("dsdt", &t.dsdt);
     let squashed = squash(&dsl);
@@ -459,10 +469,72 @@ fn iasl_decodes_the_dsdt_devices_and_s5() {
 }
 
 #[test]
+fn iasl_decodes_the_generation_id_device_and_its_ged_event() {
+    let t = write_and_read_back(&AcpiPlatform {
+        cpus: 1,
+        virtio_mmio: &[],
+        vmgenid: true,
+    });
+    let dsl = iasl_disassemble("dsdt-vmgenid", &t.dsdt);
+    let vgen = squash(device_block(&dsl, "VGEN"));
+    let addr = format!(
+        "Method (ADDR, 0, NotSerialized) {{ Return (Package (0x02) {{ 0x{:08X}, Zero }}) }}",
+        VMGENID_ADDR
+    );
+    for want in [
+        "Name (_HID, \"QEMUVGID\")",
+        "Name (_CID, \"VM_Gen_Counter\")",
+        "Name (_DDN, \"VM_Gen_Counter\")",
+        "Method (_STA, 0, NotSerialized) { Return (0x0F) }",
+        addr.as_str(),
+    ] {
+        assert!(vgen.contains(want), "VGEN lacks {want:?}:\n{vgen}");
+    }
+    assert!(dsl.contains("Scope (\\_SB)"), "{dsl}");
+    let ged = squash(device_block(&dsl, "GED0"));
+    for want in [
+        "If ((Local0 & One)) { Notify (\\_SB.PWRB, 0x80) }",
+        "If ((Local0 & 0x02)) { Notify (\\_SB.VGEN, 0x80) }",
+    ] {
+        assert!(ged.contains(want), "GED0 lacks {want:?}:\n{ged}");
+    }
+    assert_eq!(crate::platform::ged::EVENT_GENERATION_ID, 0x02);
+    // iasl's compiler wants a _HID string of a vendor prefix and four hex
+    // digits and refuses QEMU's "QEMUVGID" (which QEMU's own DSDT carries,
+    // and which Linux and Windows ignore: they match the _CID); the rest
+    // of the listing must compile cleanly.
+    let dsl = dsl.replace("\"QEMUVGID\"", "\"QEMU0002\"");
+    let log = iasl_compile("dsdt-vmgenid-again", &dsl);
+    assert!(log.contains("0 Errors, 0 Warnings"), "{log}");
+}
+
+#[test]
+fn without_the_device_the_dsdt_has_no_vgen_and_ged_never_notifies_it() {
+    let t = write_and_read_back(&AcpiPlatform {
+        cpus: 1,
+        virtio_mmio: &[],
+        vmgenid: false,
+    });
+    let dsl = iasl_disassemble("dsdt-no-vmgenid", &t.dsdt);
+    assert!(!dsl.contains("VGEN"), "{dsl}");
+    assert!(!dsl.contains("VM_Gen_Counter"), "{dsl}");
+    assert!(dsl.contains("Notify (\\_SB.PWRB, 0x80)"), "{dsl}");
+    // The raw AML too: no name segment VGEN anywhere.
+    assert!(!t.dsdt.windows(4).any(|w| w == b"VGEN"));
+    let with = write_and_read_back(&AcpiPlatform {
+        cpus: 1,
+        virtio_mmio: &[],
+        vmgenid: true,
+    });
+    assert!(with.dsdt.windows(4).any(|w| w == b"VGEN"));
+}
+
+#[test]
 fn iasl_decodes_the_fadt_and_madt() {
     let t = write_and_read_back(&AcpiPlatform {
         cpus: 3,
         virtio_mmio: &[],
+        vmgenid: false,
     });
     let fadt = iasl_disassemble("facp", &t.fadt);
     for want in [

@@ -39,6 +39,7 @@ fn commands_without_arguments_refuse_extra_ones() {
         "query-status",
         "query-name",
         "query-migrate",
+        "query-vm-generation-id",
     ] {
         assert_eq!(
             err(name, json!({"force": true})),
