@@ -243,15 +243,16 @@ impl QmpHandler for Handler {
 
     fn after_reply(&self, command: &Command) {
         match command {
+            // The last event before the process ends: written before it does.
             Command::Quit => {
-                self.0.emit(
+                self.0.emit_last(
                     "SHUTDOWN",
                     Some(json!({"guest": false, "reason": "host-qmp-quit"})),
                 );
                 self.0.finish(RunEnd::Quit);
             }
             Command::SystemReset => {
-                self.0.emit(
+                self.0.emit_last(
                     "RESET",
                     Some(json!({"guest": false, "reason": "host-qmp-system-reset"})),
                 );
