@@ -359,3 +359,75 @@ fn a_guest_not_ready_in_time_or_powered_off_leaves_no_template() {
         assert!(!Path::new(&tpl).exists(), "no half-made template: {want}");
     }
 }
+
+#[test]
+fn a_balloon_lowered_before_the_save_is_refused_on_a_clone() {
+    let dir = Dir::new("tpl-balloon");
+    let kernel = dir.path("kernel");
+    fs::write(&kernel, bzimage(HALT_FOREVER)).unwrap();
+    let ram = dir.path("ram");
+    let q = dir.path("qmp.sock");
+    let state = dir.path("state");
+    let template = spawn(&[
+        "run",
+        "--kernel",
+        &kernel,
+        "--memory",
+        &format!("size=64M,backing=file,path={ram},share=on"),
+        "--balloon",
+        "stats=on",
+        "--serial=off",
+        &format!("--qmp=unix:{q}"),
+    ]);
+    wait_until(20, "the QMP socket", || Path::new(&q).exists());
+    let mut qmp = Qmp::connect(Path::new(&q));
+    qmp.ok("balloon", json!({"value": 48u64 << 20}));
+    qmp.ok(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]}),
+    );
+    qmp.migrate(&format!("file:{state}"));
+    drop(template);
+
+    let clone_ram = format!("size=64M,backing=file,path={ram},share=off,readonly=on,rom=off");
+    let o = vmm(&[
+        "run",
+        "--memory",
+        &clone_ram,
+        "--balloon",
+        "stats=on",
+        "--serial=off",
+        "--incoming",
+        &format!("file:{state}"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("the saved VM's devices need what this VM's RAM cannot do; nothing was started")
+            && e.contains(
+                "balloon: the saved state (target 48M, 0 inflated) cannot work on guest RAM"
+            )
+            && e.contains("a template clone's RAM is a private mapping of the template file"),
+        "{e}"
+    );
+    // The same snapshot restores where RAM can discard (the template's own file, shared).
+    let ok = spawn(&[
+        "run",
+        "--memory",
+        &format!("size=64M,backing=file,path={ram},share=on"),
+        "--balloon",
+        "stats=on",
+        "--serial=off",
+        &format!("--qmp=unix:{q}2"),
+        "--incoming",
+        &format!("file:{state}"),
+    ]);
+    wait_until(20, "the restored VM's QMP socket", || {
+        Path::new(&format!("{q}2")).exists()
+    });
+    let mut qmp = Qmp::connect(Path::new(&format!("{q}2")));
+    wait_until(20, "the restored VM running", || {
+        qmp.ok("query-status", json!({}))["status"] == "running"
+    });
+    drop(ok);
+}

@@ -320,14 +320,24 @@ pub fn run(cfg: VmConfig, opts: RunOptions) -> Result<RunEnd, MachineError> {
             }
         })?,
     );
-    if let Some(listen) = opts.qmp {
-        let handler = qmp::Handler(ctl.clone());
-        let (events, _thread) =
-            QmpServer::start(listen, Arc::new(handler)).map_err(|e| MachineError::Host {
-                what: "starting the QMP socket",
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        let _ = ctl.events.set(events);
+    let serve_qmp = |listen: Option<QmpListen>| -> Result<(), MachineError> {
+        if let Some(listen) = listen {
+            let handler = qmp::Handler(ctl.clone());
+            let (events, _thread) =
+                QmpServer::start(listen, Arc::new(handler)).map_err(|e| MachineError::Host {
+                    what: "starting the QMP socket",
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            let _ = ctl.events.set(events);
+        }
+        Ok(())
+    };
+    // A booted VM's socket appears once the VM exists, so that a client
+    // that connects as soon as it can finds a VM to command; an incoming
+    // one's at once, for migrate-incoming.
+    let mut qmp_listen = opts.qmp;
+    if opts.incoming.is_some() {
+        serve_qmp(qmp_listen.take())?;
     }
     match opts.incoming {
         None => {
@@ -348,6 +358,7 @@ pub fn run(cfg: VmConfig, opts: RunOptions) -> Result<RunEnd, MachineError> {
             });
             let m = machine::boot(&cfg, opts.start_paused, watch.flatten())?;
             ctl.install(m);
+            serve_qmp(qmp_listen.take())?;
         }
         Some(Incoming::Defer) => {
             ctl.start_preparing();

@@ -120,7 +120,6 @@ pub fn tagged_values(log: &str, tag: &str) -> Vec<u64> {
         .collect()
 }
 
-
 /// Watches the VM Generation ID: polls the 16 bytes at 0xF0000 (the
 /// layout's VMGENID_ADDR) and, at the start and whenever they differ from
 /// the last value it printed, reads the GED's event register (port 0x603,
