@@ -353,6 +353,10 @@ fn report_end(end: Result<RunEnd, vmm::machine::MachineError>) -> ExitCode {
                 _ => 2,
             })
         }
+        Ok(RunEnd::Signal(name)) => {
+            info!("ended by {name}");
+            ExitCode::SUCCESS
+        }
         Ok(RunEnd::Template(_)) => ExitCode::from(1),
         Err(e) => refuse(&e.to_string(), 1),
     }

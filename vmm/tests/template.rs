@@ -431,3 +431,81 @@ fn a_balloon_lowered_before_the_save_is_refused_on_a_clone() {
     });
     drop(ok);
 }
+
+fn sigterm(c: &Running) {
+    // SAFETY: sends a signal to our own child.
+    assert_eq!(unsafe { libc::kill(c.0.id() as i32, libc::SIGTERM) }, 0);
+}
+
+#[test]
+fn sigterm_ends_a_clone_cleanly_and_leaves_no_half_made_template() {
+    let dir = Dir::new("tpl-term");
+    let kernel = dir.path("kernel");
+    fs::write(&kernel, bzimage(HALT_FOREVER)).unwrap();
+    let tpl = dir.path("tpl");
+
+    // A template waiting for its guest: SIGTERM, exit 1, nothing left.
+    let mut creating = spawn(&[
+        "template",
+        "create",
+        "--dir",
+        &tpl,
+        "--ready",
+        "qmp",
+        "--kernel",
+        &kernel,
+        "--memory",
+        "size=32M",
+        "--serial=off",
+    ]);
+    wait_until(20, "the template's memory file", || {
+        Path::new(&tpl).join("memory").exists()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    sigterm(&creating);
+    let status = creating.0.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(!Path::new(&tpl).exists(), "no half-made template");
+
+    // A clone with a disk copy at the default path: SIGTERM removes the
+    // copy and releases the template.
+    fs::write(dir.path("d.img"), vec![1u8; 1 << 16]).unwrap();
+    let q = dir.path("qmp.sock");
+    let creating = spawn(&[
+        "template",
+        "create",
+        "--dir",
+        &tpl,
+        "--ready",
+        "qmp",
+        "--kernel",
+        &kernel,
+        "--memory",
+        "size=32M",
+        "--serial=off",
+        "--disk",
+        &format!("path={},id=d", dir.path("d.img")),
+        &format!("--qmp=unix:{q}"),
+    ]);
+    wait_until(20, "the QMP socket", || Path::new(&q).exists());
+    Qmp::connect(Path::new(&q)).ok("stop", json!({}));
+    let mut creating = creating;
+    assert_eq!(creating.0.wait().unwrap().code(), Some(0));
+    let mut clone = spawn(&["template", "clone", "--dir", &tpl, "--serial=off"]);
+    let copy = Path::new(&dir.0).join(format!("tpl.clone-{}-d.img", clone.0.id()));
+    wait_until(20, "the clone's disk copy", || copy.exists());
+    wait_until(20, "the clone's lock", || {
+        String::from_utf8_lossy(&vmm(&["template", "status", "--dir", &tpl]).stdout)
+            .contains("clones:    1 (pids")
+    });
+    sigterm(&clone);
+    assert_eq!(
+        clone.0.wait().unwrap().code(),
+        Some(0),
+        "SIGTERM ends a clone as quit does"
+    );
+    assert!(!copy.exists(), "the clone's disk copy is removed");
+    let text =
+        String::from_utf8_lossy(&vmm(&["template", "status", "--dir", &tpl]).stdout).into_owned();
+    assert!(text.contains("clones:    0"), "{text}");
+}

@@ -9,6 +9,7 @@
 
 mod migration;
 mod qmp;
+mod signals;
 mod template_save;
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -103,6 +104,8 @@ pub enum RunEnd {
     },
     /// `vmm template create`: the template was taken, or not.
     Template(TemplateOutcome),
+    /// SIGTERM or SIGINT (as QMP quit).
+    Signal(&'static str),
 }
 
 /// The VM and everything about it that control commands read or change.
@@ -320,6 +323,7 @@ pub fn run(cfg: VmConfig, opts: RunOptions) -> Result<RunEnd, MachineError> {
             }
         })?,
     );
+    signals::watch(&ctl);
     let serve_qmp = |listen: Option<QmpListen>| -> Result<(), MachineError> {
         if let Some(listen) = listen {
             let handler = qmp::Handler(ctl.clone());

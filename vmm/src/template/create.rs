@@ -316,6 +316,11 @@ pub fn create(args: CreateArgs) -> Result<Created, TemplateError> {
             ))
         }
         RunEnd::IncomingFailed { reason, .. } => return Err(TemplateError::Failed(reason)),
+        RunEnd::Signal(name) => {
+            return Err(TemplateError::Failed(format!(
+                "{name} arrived before the template was made"
+            )))
+        }
     };
 
     let memory_file = seal(&dir, MEMORY)?;
