@@ -133,6 +133,12 @@ fn set_status(ctl: &Controller, status: MigrationStatus) {
 
 fn fail(ctl: &Controller, reason: String) {
     error!("migration failed: {reason}");
+    record_failure(ctl, reason);
+}
+
+/// The failure for query-migrate and the MIGRATION event, not logged:
+/// whoever started the migration reports it.
+fn record_failure(ctl: &Controller, reason: String) {
     lock(&ctl.migration).error = Some(reason);
     set_status(ctl, MigrationStatus::Failed);
 }
@@ -296,7 +302,7 @@ pub fn incoming(ctl: &Arc<Controller>, uri: &StreamUri) -> Result<(), (String, I
         Ok(r) => r,
         Err(e) => {
             let msg = e.to_string();
-            fail(ctl, msg.clone());
+            record_failure(ctl, msg.clone());
             let why = match e {
                 SnapshotError::ConfigMismatch(_) => IncomingRefusal::Config,
                 SnapshotError::Machine(crate::machine::MachineError::Policy(_)) => {
@@ -350,7 +356,9 @@ pub fn start_incoming(ctl: &Arc<Controller>, uri: StreamUri) -> Result<(), Strin
     thread::Builder::new()
         .name("migrate-in".into())
         .spawn(move || {
-            let _ = incoming(&me, &uri);
+            if let Err((reason, _)) = incoming(&me, &uri) {
+                error!("incoming migration failed: {reason}");
+            }
         })
         .map_err(|e| format!("starting the migration thread: {e}"))?;
     Ok(())
