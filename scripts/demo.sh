@@ -4,8 +4,10 @@
 # a clone setup that would silently break, then boot Debian's stock kernel
 # with vmm and show the guest using its disk (in the nested lab when this
 # host's KVM cannot boot stock kernels, as on PVM hosts), save a running
-# guest over QMP, kill the VMM and restore it in a new process, and start
-# clones of a saved tiny VM whose RAM stays in a shared file.
+# guest over QMP, kill the VMM and restore it in a new process, make a
+# template of the Debian guest and start clones of it (clone start time and
+# memory beside a cold boot, vmm beside QEMU 7.2's templating flow), and
+# start clones of a saved tiny VM on this host's own KVM.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p vmm
@@ -38,6 +40,10 @@ echo "== Debian's stock kernel booted by vmm, 2 vCPUs, a disk written and read b
 tests/lab/run boot block || exit 1
 echo "== a Linux guest saved mid-run over QMP, vmm killed, restored in a new process"
 tests/lab/run snapshot || exit 1
+echo "== a template of the Debian guest, five clones at once, each with its own generation ID"
+tests/lab/run template clone-identity || exit 1
+echo "== clone start and memory beside a cold boot: vmm and QEMU 7.2's templating flow, one L1"
+tests/lab/bench-template --runs 1 --no-doc || exit 1
 echo "== clones of a 64 MiB VM whose RAM stays in its file (x-ignore-shared), on this host's KVM"
 python3 scripts/bench-restore.py --only vmm --runs 5 || exit 1
 echo "demo: ok"
