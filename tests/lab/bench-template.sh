@@ -69,6 +69,10 @@ log_reader() {
         printf '%s\n' "$_l" >>"$1/err"
         case $_l in
         *"VM running"*) read -r _u _ </proc/uptime; [ -e "$1/running" ] || echo "$_u" >"$1/running" ;;
+        # vmm template create: it saw its ready text on COM1 (it pauses the
+        # guest before the line's newline, so the COM1 reader gets that line
+        # only at the end).
+        *"the guest is ready after"*) read -r _u _ </proc/uptime; echo "$_u" >"$1/logready" ;;
         esac
     done
 }
@@ -86,8 +90,10 @@ launch() {
     # shellcheck disable=SC2016
     sh -c 'echo $$ >"$0/pid"; read -r u _ </proc/uptime; echo "$u" >"$0/t0"; exec "$@"' \
         "$_d" "$@" </dev/null 2>"$_d/errpipe" | serial_reader "$_d" &
-    while [ ! -s "$_d/pid" ]; do sleep 0.01; done
-    read -r PID <"$_d/pid"
+    _n=3000
+    while [ ! -s "$_d/pid" ] && [ $_n -gt 0 ]; do sleep 0.01; _n=$((_n - 1)); done
+    PID=0
+    [ -s "$_d/pid" ] && read -r PID <"$_d/pid"
 }
 
 # alive PID: the process exists and is not a zombie (the VMM is the first
@@ -109,13 +115,34 @@ wait_for() {
     done
 }
 
+# now_s: NOW is L1's uptime in whole seconds (the shell's own read).
+now_s() {
+    read -r _nu _ </proc/uptime
+    NOW=${_nu%.*}
+}
+
+# proc_state PID: what a process is doing, for a fail line.
+proc_state() {
+    echo "pid $1: $(sed -n 's/^State:[[:space:]]*//p' "/proc/$1/status" 2>/dev/null | tr -d '\n')," \
+        "wchan $(cat "/proc/$1/wchan" 2>/dev/null), stack $(tr '\n' ' ' <"/proc/$1/stack" 2>/dev/null | cut -c1-300)"
+}
+
 since() { # DIR FILE: seconds from DIR/t0 to the uptime in DIR/FILE
     awk -v a="$(cat "$1/t0")" -v b="$(cat "$1/$2")" 'BEGIN { printf "%.2f", b - a }'
 }
 
-stop_vm() { # PID: SIGKILL, and wait until it is gone
+stop_vm() { # PID: SIGKILL, and wait until it is gone (30 s at most)
     kill -9 "$1" 2>/dev/null
-    while alive "$1"; do sleep 0.05; done
+    now_s
+    _dls=$((NOW + 30))
+    while alive "$1"; do
+        now_s
+        if [ "$NOW" -ge $_dls ]; then
+            echo "LAB-TPLBENCH-STUCK a VMM outlived SIGKILL by 30 s: $(proc_state "$1")"
+            return 1
+        fi
+        sleep 0.05
+    done
 }
 
 why() { # DIR: how the VMM ended, for a fail line
@@ -153,15 +180,19 @@ make_template() {
         launch "$_d" vmm template create --dir "$_t" --ready serial=LAB-TPL-READY \
             --kernel /lab/vmlinuz --initrd /lab/l2.cpio --cmdline "$cmdline" --cpus 1 \
             --memory "size=$_s" --serial stdio
-        while alive "$PID"; do sleep 0.05; done
+        now_s
+        _dlc=$((NOW + 400))
+        while alive "$PID" && [ "$NOW" -lt $_dlc ]; do sleep 0.05; now_s; done
         read -r _u _ </proc/uptime
         echo "$_u" >"$_d/done"
         if [ ! -s "$_t/template.json" ]; then
+            alive "$PID" && stop_vm "$PID"
             echo "LAB-TPLBENCH $_v template $_s fail no template.json: $(why "$_d")"
             return 1
         fi
-        _state=$_t/state _mem=$_t/memory
+        _state=$_t/state _mem=$_t/memory _ready=logready
     else
+        _ready=ready
         mkdir -p "$_t"
         _mem=$_t/memory _state=$_t/state
         # shellcheck disable=SC2046
@@ -174,8 +205,12 @@ make_template() {
         _ok=1
         qmp '{"execute": "qmp_capabilities"}' && qmp "$IGNORE_SHARED" && qmp '{"execute": "stop"}' &&
             qmp "{\"execute\": \"migrate\", \"arguments\": {\"uri\": \"exec:cat > $_state\"}}" || _ok=0
+        now_s
+        _dlm=$((NOW + 120))
         while [ $_ok = 1 ]; do
             qmp '{"execute": "query-migrate"}' || { _ok=0; break; }
+            now_s
+            [ "$NOW" -lt $_dlm ] || { _ok=0; QR="not completed in 120 s: $QR"; break; }
             case $QR in
             *'"status": "completed"'*) break ;;
             *'"status": "failed"'* | *'"status": "cancelled"'*) _ok=0 ;;
@@ -188,13 +223,16 @@ make_template() {
             echo "LAB-TPLBENCH $_v template $_s fail the save failed: $QR $(why "$_d")"
             stop_vm "$PID"; return 1
         fi
-        while alive "$PID"; do sleep 0.05; done
+        now_s
+        _dlc=$((NOW + 60))
+        while alive "$PID" && [ "$NOW" -lt $_dlc ]; do sleep 0.05; now_s; done
         read -r _u _ </proc/uptime
         echo "$_u" >"$_d/done"
+        alive "$PID" && { echo "LAB-TPLBENCH $_v template $_s fail QEMU did not quit: $(proc_state "$PID")"; stop_vm "$PID"; return 1; }
     fi
     # vmm's own log of the creation, for the record (not a marker).
     sed 's/^/    create log| /' "$_d/err" 2>/dev/null
-    echo "LAB-TPLBENCH $_v template $_s ok create=$(since "$_d" done) ready=$(since "$_d" ready) state=$(stat -c %s "$_state") memfile_kb=$(du -k "$_mem" | cut -f1)"
+    echo "LAB-TPLBENCH $_v template $_s ok create=$(since "$_d" done) ready=$(since "$_d" $_ready) state=$(stat -c %s "$_state") memfile_kb=$(du -k "$_mem" | cut -f1)"
 }
 
 # start_clone VMM SIZE DIR: a clone of $T/VMM-SIZE in the background (PID);
@@ -215,9 +253,17 @@ start_clone() {
         qmp_close
         return 1
     fi
+    now_s
+    _dlq=$((NOW + 60))
     while :; do
         if ! qmp '{"execute": "query-status"}'; then
             echo "query-status: $QR" >"$_d/fail"; break
+        fi
+        now_s
+        if [ "$NOW" -ge $_dlq ]; then
+            qmp '{"execute": "query-migrate"}'
+            echo "still inmigrate after 60 s; query-migrate: $QR; $(proc_state "$PID")" >"$_d/fail"
+            break
         fi
         case $QR in
         *'"status": "inmigrate"'*) sleep 0.01 ;;
