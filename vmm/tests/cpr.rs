@@ -7,77 +7,16 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 
 mod common;
-use common::{bzimage, counter_values, read_log, wait_until, Dir, Qmp, COUNTER};
-
-/// A running `vmm`, killed if the test ends first.
-struct Vmm(Option<Child>);
-
-impl Vmm {
-    fn start(bin: &str, args: &[&str]) -> Vmm {
-        Vmm(Some(
-            Command::new(bin)
-                .arg("run")
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("vmm starts"),
-        ))
-    }
-
-    /// Waits for the process to end; its status and stderr.
-    fn finish(mut self) -> (Option<i32>, String) {
-        let out = self
-            .0
-            .take()
-            .unwrap()
-            .wait_with_output()
-            .expect("vmm exits");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn run_to_end(bin: &str, args: &[&str]) -> Output {
-    Command::new(bin)
-        .arg("run")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("vmm runs")
-}
-
-const VMM: &str = env!("CARGO_BIN_EXE_vmm");
-
-/// Every value once, in order, from 1: nothing lost, nothing repeated.
-fn assert_contiguous(values: &[u64], what: &str) {
-    assert!(!values.is_empty(), "{what}: no counter output");
-    for (i, v) in values.iter().enumerate() {
-        assert_eq!(
-            *v,
-            i as u64 + 1,
-            "{what}: value {i} is {v:#x}; all: {values:x?}"
-        );
-    }
-}
+use common::{
+    assert_contiguous, bzimage, counter_values, read_log, run_output, wait_until, Dir, Qmp, Vmm,
+    COUNTER, VMM,
+};
 
 fn status(qmp: &mut Qmp) -> Value {
     qmp.ok("query-status", json!({}))["status"].clone()
@@ -139,7 +78,7 @@ fn a_cpr_checkpoint_leaves_ram_in_place_and_another_binary_resumes_it_with_its_d
     fs::write(&kernel, bzimage(COUNTER)).unwrap();
     let mem = format!("size=64M,backing=file,path={ram},share=on");
     let disk_arg = format!("--disk=path={disk},id=d0");
-    let vm = Vmm::start(
+    let vm = Vmm::start_bin(
         VMM,
         &[
             "--kernel",
@@ -175,7 +114,7 @@ fn a_cpr_checkpoint_leaves_ram_in_place_and_another_binary_resumes_it_with_its_d
     let incoming = format!("--incoming=file:{snap}");
     let restore_args = ["--memory", &mem, &disk_arg, &serial2, &incoming];
     let refused = |what: &str, want: &[&str]| {
-        let out = run_to_end(&bin, &restore_args);
+        let out = run_output(&bin, &restore_args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{what}: {err}");
         let line = err
@@ -227,7 +166,7 @@ fn a_cpr_checkpoint_leaves_ram_in_place_and_another_binary_resumes_it_with_its_d
     let qmp_arg = format!("--qmp=unix:{q2}");
     let mut args = restore_args.to_vec();
     args.push(&qmp_arg);
-    let _vm2 = Vmm::start(&bin, &args);
+    let _vm2 = Vmm::start_bin(&bin, &args);
     let mut qmp2 = Qmp::connect(q2.as_ref());
     wait_until(20, "the restored VM to run", || {
         status(&mut qmp2) == "running"
@@ -259,7 +198,7 @@ fn a_paused_cpr_checkpoint_restores_paused_through_migrate_incoming() {
     let kernel = dir.path("kernel");
     fs::write(&kernel, bzimage(COUNTER)).unwrap();
     let disk_arg = format!("--disk=path={disk},id=d0");
-    let vm = Vmm::start(
+    let vm = Vmm::start_bin(
         VMM,
         &[
             "--kernel",
@@ -289,7 +228,7 @@ fn a_paused_cpr_checkpoint_restores_paused_through_migrate_incoming() {
 
     let bin = copy_of_vmm(&dir);
     let (q2, s2) = (dir.path("q2"), dir.path("s2"));
-    let _vm2 = Vmm::start(
+    let _vm2 = Vmm::start_bin(
         &bin,
         &[
             "--memory",

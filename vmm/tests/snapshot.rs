@@ -3,86 +3,19 @@
 //! saved by one `vmm` process and go on in another.
 
 use std::fs;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 mod common;
-use common::{bzimage, counter_values, read_log, wait_until, Dir, Qmp, COUNTER, HALT_FOREVER};
-
-/// A running `vmm`, killed if the test ends first.
-struct Vmm(Child);
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Vmm {
-    fn start(args: &[&str]) -> Vmm {
-        Vmm(Command::new(env!("CARGO_BIN_EXE_vmm"))
-            .arg("run")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("vmm starts"))
-    }
-
-    /// Waits for the process to end; its status and stderr.
-    fn finish(mut self) -> (Option<i32>, String) {
-        let child = std::mem::replace(
-            &mut self.0,
-            Command::new("true").spawn().expect("a placeholder child"),
-        );
-        let out = child.wait_with_output().expect("vmm exits");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
-    }
-
-    /// As `finish`, but kills the process after `limit`; its status is
-    /// then None.
-    fn finish_within(mut self, limit: Duration) -> (Option<i32>, String) {
-        let end = Instant::now() + limit;
-        let mut status = None;
-        while Instant::now() < end {
-            if let Ok(Some(s)) = self.0.try_wait() {
-                status = Some(s);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if status.is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-        let mut err = String::new();
-        if let Some(mut e) = self.0.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut err);
-        }
-        (status.and_then(|s| s.code()), err)
-    }
-
-    fn kill9(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{
+    assert_contiguous, bzimage, counter_values, read_log, run_output, wait_until, Dir, Qmp, Vmm,
+    COUNTER, HALT_FOREVER, VMM,
+};
 
 fn vmm_output(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .arg("run")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("vmm runs")
+    run_output(VMM, args)
 }
 
 /// Boots the counter guest with QMP at `q` and COM1 into `serial`; returns
@@ -116,18 +49,6 @@ fn cont_and_check(qmp: &mut Qmp, serial: &str, saved: &str) {
     );
 }
 
-/// Every value once, in order, from 1: nothing lost, nothing repeated.
-fn assert_contiguous(values: &[u64], what: &str) {
-    assert!(!values.is_empty(), "{what}: no counter output");
-    for (i, v) in values.iter().enumerate() {
-        assert_eq!(
-            *v,
-            i as u64 + 1,
-            "{what}: value {i} is {v:#x}; all: {values:x?}"
-        );
-    }
-}
-
 #[test]
 fn a_running_vm_saved_over_qmp_goes_on_in_a_new_process() {
     let dir = Dir::new("snap-running");
@@ -145,7 +66,7 @@ fn a_running_vm_saved_over_qmp_goes_on_in_a_new_process() {
     let saved = read_log(&s1);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(read_log(&s1), saved, "the guest ran on after the save");
-    vm.kill9();
+    drop(vm);
 
     let (q2, s2) = (dir.path("q2"), dir.path("s2"));
     let _vm2 = Vmm::start(&[
@@ -248,7 +169,7 @@ fn a_restore_that_differs_from_the_saved_vm_is_refused_line_by_line() {
     let vm = boot_counter(&dir, &q1, &s1, &[&disk_arg], 1);
     let mut qmp = Qmp::connect(q1.as_ref());
     qmp.migrate(&format!("file:{snap}"));
-    vm.kill9();
+    drop(vm);
 
     let s2 = dir.path("s2");
     let out = vmm_output(&[
@@ -294,7 +215,7 @@ fn a_corrupt_or_truncated_snapshot_is_refused_and_nothing_runs() {
     let vm = boot_counter(&dir, &q1, &s1, &[], 1);
     let mut qmp = Qmp::connect(q1.as_ref());
     qmp.migrate(&format!("file:{snap}"));
-    vm.kill9();
+    drop(vm);
     let good = fs::read(&snap).unwrap();
     let bad = dir.path("bad");
     let s2 = dir.path("s2");
@@ -330,7 +251,7 @@ fn a_failed_migrate_incoming_stays_in_inmigrate_and_takes_another() {
     let mut qmp = Qmp::connect(q1.as_ref());
     qmp.migrate(&format!("file:{snap}"));
     let saved = read_log(&s1);
-    vm.kill9();
+    drop(vm);
 
     let (q2, s2) = (dir.path("q2"), dir.path("s2"));
     let _vm2 = Vmm::start(&[
@@ -479,7 +400,7 @@ fn save_restore_save_again_gives_the_same_state() {
     let mut qmp = Qmp::connect(q1.as_ref());
     qmp.ok("stop", json!({}));
     qmp.migrate(&format!("file:{a}"));
-    vm.kill9();
+    drop(vm);
 
     // --vmgenid off: a restore otherwise gives the guest a new generation
     // ID (RAM at VMGENID_ADDR and a GED event change on purpose; see
@@ -573,7 +494,7 @@ fn crafted_sections_with_valid_checksums_are_refused_without_a_panic() {
     let vm = boot_counter(&dir, &q1, &s1, &[&disk_arg, "--balloon=stats=on"], 1);
     let mut qmp = Qmp::connect(q1.as_ref());
     qmp.migrate(&format!("file:{snap}"));
-    vm.kill9();
+    drop(vm);
     let (sections, ram) = sections(&snap);
 
     let write = |path: &str, sections: &[(String, Vec<u8>)]| {
@@ -686,7 +607,7 @@ fn a_port_write_in_flight_at_the_pause_is_not_replayed_after_restore() {
         let mut qmp = Qmp::connect(q1.as_ref());
         qmp.ok("stop", json!({}));
         qmp.migrate(&format!("file:{snap}"));
-        vm.kill9();
+        drop(vm);
         let before = fs::read(&s1).unwrap();
 
         let (q2, s2) = (dir.path("q2"), dir.path("s2"));
@@ -704,7 +625,7 @@ fn a_port_write_in_flight_at_the_pause_is_not_replayed_after_restore() {
         });
         qmp2.ok("cont", json!({}));
         wait_until(20, "output after the restore", || size(&s2) > 1000);
-        vm2.kill9();
+        drop(vm2);
         let mut all = before.clone();
         all.extend(fs::read(&s2).unwrap());
         for (i, w) in all.windows(2).enumerate() {

@@ -4,14 +4,14 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 mod common;
 use common::{
-    bzimage, read_log, tagged_values, wait_until, Dir, Qmp, HALT_FOREVER, POWER_OFF, SCRIBBLER,
+    bzimage, read_log, tagged_values, wait_until, Dir, Qmp, Vmm, HALT_FOREVER, POWER_OFF, SCRIBBLER,
 };
 
 fn vmm(args: &[&str]) -> Output {
@@ -24,28 +24,6 @@ fn vmm(args: &[&str]) -> Output {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A running `vmm`, killed if the test ends first.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(args: &[&str]) -> Running {
-    Running(
-        Command::new(env!("CARGO_BIN_EXE_vmm"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("vmm starts"),
-    )
 }
 
 /// sha256 of every file in `dir`, by name (sha256sum: another program's hash).
@@ -139,7 +117,7 @@ fn ten_clones_write_all_their_memory_and_disks_and_the_template_never_changes() 
     for i in 0..10 {
         let log = dir.path(&format!("clone{i}.log"));
         let disk = dir.path(&format!("clone{i}.img"));
-        let c = spawn(&[
+        let c = Vmm::spawn(&[
             "template",
             "clone",
             "--dir",
@@ -168,7 +146,7 @@ fn ten_clones_write_all_their_memory_and_disks_and_the_template_never_changes() 
     assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
     assert!(text.contains("clones:    10 (pids"), "{text}");
     for (c, _, _) in &clones {
-        assert!(text.contains(&c.0.id().to_string()), "{text}");
+        assert!(text.contains(&c.id().to_string()), "{text}");
     }
     let refused = vmm(&["template", "destroy", "--dir", &tpl]);
     assert_eq!(refused.status.code(), Some(2));
@@ -197,7 +175,7 @@ fn a_clone_refuses_a_template_being_created_and_a_changed_one() {
     fs::write(&kernel, bzimage(HALT_FOREVER)).unwrap();
     let tpl = dir.path("tpl");
     let q = dir.path("qmp.sock");
-    let creating = spawn(&[
+    let creating = Vmm::spawn(&[
         "template",
         "create",
         "--dir",
@@ -222,14 +200,14 @@ fn a_clone_refuses_a_template_being_created_and_a_changed_one() {
 
     qmp.ok("stop", json!({}));
     let mut creating = creating;
-    let status = creating.0.wait().unwrap();
+    let status = creating.child().wait().unwrap();
     assert_eq!(status.code(), Some(0), "create ends once the VM is stopped");
     assert!(Path::new(&tpl).join("template.json").exists());
 
     // A clone runs; the manifest goes away by hand: create refuses the
     // directory whose memory the clone still maps.
-    let clone = spawn(&["template", "clone", "--dir", &tpl, "--serial=off"]);
-    let pid = clone.0.id();
+    let clone = Vmm::spawn(&["template", "clone", "--dir", &tpl, "--serial=off"]);
+    let pid = clone.id();
     wait_until(20, "the clone's lock", || {
         String::from_utf8_lossy(&vmm(&["template", "status", "--dir", &tpl]).stdout)
             .contains("clones:    1 (pids")
@@ -368,7 +346,7 @@ fn a_balloon_lowered_before_the_save_is_refused_on_a_clone() {
     let ram = dir.path("ram");
     let q = dir.path("qmp.sock");
     let state = dir.path("state");
-    let template = spawn(&[
+    let template = Vmm::spawn(&[
         "run",
         "--kernel",
         &kernel,
@@ -411,7 +389,7 @@ fn a_balloon_lowered_before_the_save_is_refused_on_a_clone() {
         "{e}"
     );
     // The same snapshot restores where RAM can discard (the template's own file, shared).
-    let ok = spawn(&[
+    let ok = Vmm::spawn(&[
         "run",
         "--memory",
         &format!("size=64M,backing=file,path={ram},share=on"),
@@ -432,9 +410,9 @@ fn a_balloon_lowered_before_the_save_is_refused_on_a_clone() {
     drop(ok);
 }
 
-fn sigterm(c: &Running) {
+fn sigterm(c: &Vmm) {
     // SAFETY: sends a signal to our own child.
-    assert_eq!(unsafe { libc::kill(c.0.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(unsafe { libc::kill(c.id() as i32, libc::SIGTERM) }, 0);
 }
 
 #[test]
@@ -445,7 +423,7 @@ fn sigterm_ends_a_clone_cleanly_and_leaves_no_half_made_template() {
     let tpl = dir.path("tpl");
 
     // A template waiting for its guest: SIGTERM, exit 1, nothing left.
-    let mut creating = spawn(&[
+    let mut creating = Vmm::spawn(&[
         "template",
         "create",
         "--dir",
@@ -463,7 +441,7 @@ fn sigterm_ends_a_clone_cleanly_and_leaves_no_half_made_template() {
     });
     std::thread::sleep(Duration::from_millis(200));
     sigterm(&creating);
-    let status = creating.0.wait().unwrap();
+    let status = creating.child().wait().unwrap();
     assert_eq!(status.code(), Some(1));
     assert!(!Path::new(&tpl).exists(), "no half-made template");
 
@@ -471,7 +449,7 @@ fn sigterm_ends_a_clone_cleanly_and_leaves_no_half_made_template() {
     // copy and releases the template.
     fs::write(dir.path("d.img"), vec![1u8; 1 << 16]).unwrap();
     let q = dir.path("qmp.sock");
-    let creating = spawn(&[
+    let creating = Vmm::spawn(&[
         "template",
         "create",
         "--dir",
@@ -490,9 +468,9 @@ fn sigterm_ends_a_clone_cleanly_and_leaves_no_half_made_template() {
     wait_until(20, "the QMP socket", || Path::new(&q).exists());
     Qmp::connect(Path::new(&q)).ok("stop", json!({}));
     let mut creating = creating;
-    assert_eq!(creating.0.wait().unwrap().code(), Some(0));
-    let mut clone = spawn(&["template", "clone", "--dir", &tpl, "--serial=off"]);
-    let copy = Path::new(&dir.0).join(format!("tpl.clone-{}-d.img", clone.0.id()));
+    assert_eq!(creating.child().wait().unwrap().code(), Some(0));
+    let mut clone = Vmm::spawn(&["template", "clone", "--dir", &tpl, "--serial=off"]);
+    let copy = Path::new(&dir.0).join(format!("tpl.clone-{}-d.img", clone.id()));
     wait_until(20, "the clone's disk copy", || copy.exists());
     wait_until(20, "the clone's lock", || {
         String::from_utf8_lossy(&vmm(&["template", "status", "--dir", &tpl]).stdout)
@@ -500,7 +478,7 @@ fn sigterm_ends_a_clone_cleanly_and_leaves_no_half_made_template() {
     });
     sigterm(&clone);
     assert_eq!(
-        clone.0.wait().unwrap().code(),
+        clone.child().wait().unwrap().code(),
         Some(0),
         "SIGTERM ends a clone as quit does"
     );

@@ -5,48 +5,13 @@
 //! must name what the guest sees.
 
 use std::fs;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
 use vmm::platform::vmgenid::Guid;
 
 mod common;
-use common::{bzimage, read_log, wait_until, Dir, Qmp, GENID_WATCH};
-
-/// A running `vmm`, killed when dropped.
-struct Vmm(Child);
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Vmm {
-    fn start(args: &[String]) -> Vmm {
-        Vmm(Command::new(env!("CARGO_BIN_EXE_vmm"))
-            .arg("run")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("vmm starts"))
-    }
-
-    /// Kills it; its stderr.
-    fn kill_and_stderr(mut self) -> String {
-        let _ = self.0.kill();
-        let mut err = String::new();
-        if let Some(mut e) = self.0.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut err);
-        }
-        err
-    }
-}
+use common::{bzimage, read_log, wait_until, Dir, Qmp, Vmm, GENID_WATCH};
 
 /// What the guest printed: (the 16 bytes at VMGENID_ADDR, the GED's
 /// event register), one pair per change it saw, complete pairs only.

@@ -762,7 +762,8 @@ mod tests {
         let sparse = dir.as_path().join("sparse");
         let f = File::create(&sparse).unwrap();
         f.set_len(5 << 20).unwrap();
-        f.write_all_at(b"data in the middle", (2 << 20) + 3).unwrap();
+        f.write_all_at(b"data in the middle", (2 << 20) + 3)
+            .unwrap();
         f.write_all_at(b"tail", (5 << 20) - 4).unwrap();
         drop(f);
         let whole = fs::read(&sparse).unwrap();

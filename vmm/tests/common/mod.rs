@@ -320,3 +320,131 @@ pub fn bzimage(entry64: &[u8]) -> Vec<u8> {
     k[1024 + 0x200..].copy_from_slice(entry64);
     k
 }
+
+/// The binary under test.
+pub const VMM: &str = env!("CARGO_BIN_EXE_vmm");
+
+/// A running `vmm` with its stderr piped, killed if the test ends first.
+pub struct Vmm(Option<std::process::Child>);
+
+impl Vmm {
+    /// `BIN ARGS...` (BIN: the binary under test or a copy of it).
+    pub fn spawn_bin<S: AsRef<std::ffi::OsStr>>(bin: &str, args: &[S]) -> Vmm {
+        Vmm(Some(
+            std::process::Command::new(bin)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("vmm starts"),
+        ))
+    }
+
+    /// `vmm ARGS...`
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Vmm {
+        Self::spawn_bin(VMM, args)
+    }
+
+    /// `BIN run ARGS...`
+    pub fn start_bin<S: AsRef<std::ffi::OsStr>>(bin: &str, args: &[S]) -> Vmm {
+        let mut all: Vec<&std::ffi::OsStr> = vec!["run".as_ref()];
+        all.extend(args.iter().map(AsRef::as_ref));
+        Self::spawn_bin(bin, &all)
+    }
+
+    /// `vmm run ARGS...`
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Vmm {
+        Self::start_bin(VMM, args)
+    }
+
+    pub fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("the process is still held")
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("the process is still held").id()
+    }
+
+    /// Waits for the process to end; its status and stderr.
+    pub fn finish(mut self) -> (Option<i32>, String) {
+        let out = self
+            .0
+            .take()
+            .expect("the process is still held")
+            .wait_with_output()
+            .expect("vmm exits");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
+    /// As `finish`, but kills the process after `limit`; its status is
+    /// then None.
+    pub fn finish_within(mut self, limit: Duration) -> (Option<i32>, String) {
+        let end = Instant::now() + limit;
+        let child = self.child();
+        let mut status = None;
+        while Instant::now() < end {
+            if let Ok(Some(s)) = child.try_wait() {
+                status = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        (status.and_then(|s| s.code()), self.take_stderr())
+    }
+
+    /// Kills it (SIGKILL); its stderr.
+    pub fn kill_and_stderr(mut self) -> String {
+        let child = self.child();
+        let _ = child.kill();
+        let _ = child.wait();
+        self.take_stderr()
+    }
+
+    fn take_stderr(&mut self) -> String {
+        let mut err = String::new();
+        if let Some(mut e) = self.child().stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        err
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `BIN run ARGS...` to its end, stdin empty.
+pub fn run_output(bin: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin)
+        .arg("run")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("vmm runs")
+}
+
+/// Every value once, in order, from 1: nothing lost, nothing repeated.
+pub fn assert_contiguous(values: &[u64], what: &str) {
+    assert!(!values.is_empty(), "{what}: no counter output");
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(
+            *v,
+            i as u64 + 1,
+            "{what}: value {i} is {v:#x}; all: {values:x?}"
+        );
+    }
+}
