@@ -70,6 +70,17 @@ pub struct SavedBalloon {
     pub stats: bool,
 }
 
+impl SavedBalloon {
+    /// The features of a configured balloon (its target is run-time state).
+    pub fn of(b: &devices::virtio::balloon::BalloonConfig) -> SavedBalloon {
+        SavedBalloon {
+            free_page_reporting: b.free_page_reporting,
+            deflate_on_oom: b.deflate_on_oom,
+            stats: b.stats,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedMem {
     pub id: String,
@@ -132,11 +143,7 @@ impl SavedConfig {
                     mac: n.mac,
                 })
                 .collect(),
-            balloon: cfg.balloon.as_ref().map(|b| SavedBalloon {
-                free_page_reporting: b.free_page_reporting,
-                deflate_on_oom: b.deflate_on_oom,
-                stats: b.stats,
-            }),
+            balloon: cfg.balloon.as_ref().map(SavedBalloon::of),
             virtio_mems: cfg
                 .virtio_mems
                 .iter()

@@ -15,8 +15,8 @@ use log::{info, warn};
 use super::copy::{copy_file, crc32c_file};
 use super::lock::FileLock;
 use super::manifest::{
-    disk_file, is_template_file, Manifest, TemplateBalloon, TemplateDisk, TemplateFile,
-    TemplateMem, TemplateNet, CREATING, MANIFEST, MANIFEST_FORMAT, MEMORY, STATE,
+    disk_file, is_template_file, Manifest, TemplateDisk, TemplateFile, TemplateMem, TemplateNet,
+    CREATING, MANIFEST, MANIFEST_FORMAT, MEMORY, STATE,
 };
 use super::TemplateError;
 use crate::config::{format_mac, RawOptions, VmConfig};
@@ -25,6 +25,7 @@ use crate::exit::VmExit;
 use crate::kvlist::KvList;
 use crate::lifecycle::{self, Ready, RunEnd, RunOptions, TemplateOutcome, TemplateSave};
 use crate::snapshot::file_identity::FileIdentity;
+use crate::snapshot::saved_config::SavedBalloon;
 
 pub struct CreateArgs {
     pub dir: PathBuf,
@@ -359,11 +360,7 @@ pub fn create(args: CreateArgs) -> Result<Created, TemplateError> {
                 mac: format_mac(&n.mac),
             })
             .collect(),
-        balloon: cfg.balloon.as_ref().map(|b| TemplateBalloon {
-            free_page_reporting: b.free_page_reporting,
-            deflate_on_oom: b.deflate_on_oom,
-            stats: b.stats,
-        }),
+        balloon: cfg.balloon.as_ref().map(SavedBalloon::of),
         virtio_mems: cfg
             .virtio_mems
             .iter()

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::snapshot::file_identity::FileIdentity;
+use crate::snapshot::saved_config::SavedBalloon;
 
 /// The manifest's own format; a reader refuses others.
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -54,13 +55,6 @@ pub struct TemplateNet {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TemplateBalloon {
-    pub free_page_reporting: bool,
-    pub deflate_on_oom: bool,
-    pub stats: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TemplateMem {
     pub id: String,
     pub size: u64,
@@ -89,7 +83,8 @@ pub struct Manifest {
     pub state: TemplateFile,
     pub disks: Vec<TemplateDisk>,
     pub nets: Vec<TemplateNet>,
-    pub balloon: Option<TemplateBalloon>,
+    /// The balloon's features, as a snapshot records them.
+    pub balloon: Option<SavedBalloon>,
     pub virtio_mems: Vec<TemplateMem>,
     /// The guest has a VM Generation ID device.
     pub vmgenid: bool,
