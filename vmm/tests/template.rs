@@ -26,6 +26,37 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `vmm template create` of a 32 MiB VM that waits for a QMP `stop`
+/// (`extra` adds options, e.g. the QMP socket).
+fn create_on_stop(tpl: &str, kernel: &str, extra: &[&str]) -> Vmm {
+    let mut args = vec![
+        "template",
+        "create",
+        "--dir",
+        tpl,
+        "--ready",
+        "qmp",
+        "--kernel",
+        kernel,
+        "--memory",
+        "size=32M",
+        "--serial=off",
+    ];
+    args.extend_from_slice(extra);
+    Vmm::spawn(&args)
+}
+
+/// What `vmm template status` prints.
+fn status_text(tpl: &str) -> String {
+    String::from_utf8_lossy(&vmm(&["template", "status", "--dir", tpl]).stdout).into_owned()
+}
+
+/// Waits until `template status` counts `n` clones.
+fn wait_for_clones(tpl: &str, n: usize) {
+    let want = format!("clones:    {n} (pids");
+    wait_until(20, "the clones' locks", || status_text(tpl).contains(&want));
+}
+
 /// sha256 of every file in `dir`, by name (sha256sum: another program's hash).
 fn hashes(dir: &Path) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = fs::read_dir(dir)
@@ -175,20 +206,7 @@ fn a_clone_refuses_a_template_being_created_and_a_changed_one() {
     fs::write(&kernel, bzimage(HALT_FOREVER)).unwrap();
     let tpl = dir.path("tpl");
     let q = dir.path("qmp.sock");
-    let creating = Vmm::spawn(&[
-        "template",
-        "create",
-        "--dir",
-        &tpl,
-        "--ready",
-        "qmp",
-        "--kernel",
-        &kernel,
-        "--memory",
-        "size=32M",
-        "--serial=off",
-        &format!("--qmp=unix:{q}"),
-    ]);
+    let creating = create_on_stop(&tpl, &kernel, &[&format!("--qmp=unix:{q}")]);
     wait_until(20, "the QMP socket", || Path::new(&q).exists());
     let mut qmp = Qmp::connect(Path::new(&q));
     let o = vmm(&["template", "clone", "--dir", &tpl, "--serial=off"]);
@@ -208,10 +226,7 @@ fn a_clone_refuses_a_template_being_created_and_a_changed_one() {
     // directory whose memory the clone still maps.
     let clone = Vmm::spawn(&["template", "clone", "--dir", &tpl, "--serial=off"]);
     let pid = clone.id();
-    wait_until(20, "the clone's lock", || {
-        String::from_utf8_lossy(&vmm(&["template", "status", "--dir", &tpl]).stdout)
-            .contains("clones:    1 (pids")
-    });
+    wait_for_clones(&tpl, 1);
     let manifest = Path::new(&tpl).join("template.json");
     let saved = fs::read(&manifest).unwrap();
     fs::remove_file(&manifest).unwrap();
@@ -423,19 +438,7 @@ fn sigterm_ends_a_clone_cleanly_and_leaves_no_half_made_template() {
     let tpl = dir.path("tpl");
 
     // A template waiting for its guest: SIGTERM, exit 1, nothing left.
-    let mut creating = Vmm::spawn(&[
-        "template",
-        "create",
-        "--dir",
-        &tpl,
-        "--ready",
-        "qmp",
-        "--kernel",
-        &kernel,
-        "--memory",
-        "size=32M",
-        "--serial=off",
-    ]);
+    let mut creating = create_on_stop(&tpl, &kernel, &[]);
     wait_until(20, "the template's memory file", || {
         Path::new(&tpl).join("memory").exists()
     });
@@ -449,22 +452,15 @@ fn sigterm_ends_a_clone_cleanly_and_leaves_no_half_made_template() {
     // copy and releases the template.
     fs::write(dir.path("d.img"), vec![1u8; 1 << 16]).unwrap();
     let q = dir.path("qmp.sock");
-    let creating = Vmm::spawn(&[
-        "template",
-        "create",
-        "--dir",
+    let creating = create_on_stop(
         &tpl,
-        "--ready",
-        "qmp",
-        "--kernel",
         &kernel,
-        "--memory",
-        "size=32M",
-        "--serial=off",
-        "--disk",
-        &format!("path={},id=d", dir.path("d.img")),
-        &format!("--qmp=unix:{q}"),
-    ]);
+        &[
+            "--disk",
+            &format!("path={},id=d", dir.path("d.img")),
+            &format!("--qmp=unix:{q}"),
+        ],
+    );
     wait_until(20, "the QMP socket", || Path::new(&q).exists());
     Qmp::connect(Path::new(&q)).ok("stop", json!({}));
     let mut creating = creating;
@@ -472,10 +468,7 @@ fn sigterm_ends_a_clone_cleanly_and_leaves_no_half_made_template() {
     let mut clone = Vmm::spawn(&["template", "clone", "--dir", &tpl, "--serial=off"]);
     let copy = Path::new(&dir.0).join(format!("tpl.clone-{}-d.img", clone.id()));
     wait_until(20, "the clone's disk copy", || copy.exists());
-    wait_until(20, "the clone's lock", || {
-        String::from_utf8_lossy(&vmm(&["template", "status", "--dir", &tpl]).stdout)
-            .contains("clones:    1 (pids")
-    });
+    wait_for_clones(&tpl, 1);
     sigterm(&clone);
     assert_eq!(
         clone.child().wait().unwrap().code(),
@@ -483,7 +476,6 @@ fn sigterm_ends_a_clone_cleanly_and_leaves_no_half_made_template() {
         "SIGTERM ends a clone as quit does"
     );
     assert!(!copy.exists(), "the clone's disk copy is removed");
-    let text =
-        String::from_utf8_lossy(&vmm(&["template", "status", "--dir", &tpl]).stdout).into_owned();
+    let text = status_text(&tpl);
     assert!(text.contains("clones:    0"), "{text}");
 }
