@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 
 mod common;
 use common::{
-    assert_contiguous, bzimage, counter_values, read_log, run_output, wait_until, Dir, Qmp, Vmm,
-    COUNTER, VMM,
+    assert_contiguous, boot_counter, bzimage, counter_values, read_log, run_output, wait_until,
+    Dir, Qmp, Vmm, COUNTER, VMM,
 };
 
 fn status(qmp: &mut Qmp) -> Value {
@@ -74,25 +74,9 @@ fn a_cpr_checkpoint_leaves_ram_in_place_and_another_binary_resumes_it_with_its_d
         dir.path("disk.img"),
     );
     fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let kernel = dir.path("kernel");
-    fs::write(&kernel, bzimage(COUNTER)).unwrap();
     let mem = format!("size=64M,backing=file,path={ram},share=on");
     let disk_arg = format!("--disk=path={disk},id=d0");
-    let vm = Vmm::start_bin(
-        VMM,
-        &[
-            "--kernel",
-            &kernel,
-            "--memory",
-            &mem,
-            &disk_arg,
-            &format!("--serial=file={s1}"),
-            &format!("--qmp=unix:{q1}"),
-        ],
-    );
-    wait_until(20, "the guest's output", || {
-        counter_values(&read_log(&s1)).len() >= 3
-    });
+    let vm = boot_counter(&dir, &q1, &s1, &mem, &[&disk_arg], 3);
     let mut qmp = Qmp::connect(q1.as_ref());
     set_cpr(&mut qmp, true);
     qmp.migrate(&format!("file:{snap}"));
@@ -195,24 +179,8 @@ fn a_paused_cpr_checkpoint_restores_paused_through_migrate_incoming() {
         dir.path("disk.img"),
     );
     fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let kernel = dir.path("kernel");
-    fs::write(&kernel, bzimage(COUNTER)).unwrap();
     let disk_arg = format!("--disk=path={disk},id=d0");
-    let vm = Vmm::start_bin(
-        VMM,
-        &[
-            "--kernel",
-            &kernel,
-            "--memory",
-            "size=64M",
-            &disk_arg,
-            &format!("--serial=file={s1}"),
-            &format!("--qmp=unix:{q1}"),
-        ],
-    );
-    wait_until(20, "the guest's output", || {
-        counter_values(&read_log(&s1)).len() >= 2
-    });
+    let vm = boot_counter(&dir, &q1, &s1, "size=64M", &[&disk_arg], 2);
     let mut qmp = Qmp::connect(q1.as_ref());
     qmp.ok("stop", json!({}));
     set_cpr(&mut qmp, true);

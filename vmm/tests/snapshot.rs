@@ -10,30 +10,12 @@ use serde_json::json;
 
 mod common;
 use common::{
-    assert_contiguous, bzimage, counter_values, read_log, run_output, wait_until, Dir, Qmp, Vmm,
-    COUNTER, HALT_FOREVER, VMM,
+    assert_contiguous, boot_counter, bzimage, counter_values, read_log, run_output, wait_until,
+    Dir, Qmp, Vmm, COUNTER, HALT_FOREVER, VMM,
 };
 
 fn vmm_output(args: &[&str]) -> Output {
     run_output(VMM, args)
-}
-
-/// Boots the counter guest with QMP at `q` and COM1 into `serial`; returns
-/// once it printed `lines` lines.
-fn boot_counter(dir: &Dir, q: &str, serial: &str, extra: &[&str], lines: usize) -> Vmm {
-    let kernel = dir.path("kernel");
-    fs::write(&kernel, bzimage(COUNTER)).unwrap();
-    let mut args = vec!["--kernel", &kernel, "--memory", "size=64M"];
-    let serial_arg = format!("--serial=file={serial}");
-    let qmp_arg = format!("--qmp=unix:{q}");
-    args.push(&serial_arg);
-    args.push(&qmp_arg);
-    args.extend_from_slice(extra);
-    let vmm = Vmm::start(&args);
-    wait_until(20, "the counter guest's output", || {
-        counter_values(&read_log(serial)).len() >= lines
-    });
-    vmm
 }
 
 /// Resumes a restored VM, and checks its counter goes on from `saved`
@@ -53,7 +35,7 @@ fn cont_and_check(qmp: &mut Qmp, serial: &str, saved: &str) {
 fn a_running_vm_saved_over_qmp_goes_on_in_a_new_process() {
     let dir = Dir::new("snap-running");
     let (q1, s1, snap) = (dir.path("q1"), dir.path("s1"), dir.path("snap"));
-    let vm = boot_counter(&dir, &q1, &s1, &[], 3);
+    let vm = boot_counter(&dir, &q1, &s1, "size=64M", &[], 3);
     let mut qmp = Qmp::connect(q1.as_ref());
     qmp.ok(
         "migrate-set-capabilities",
@@ -93,7 +75,7 @@ fn a_running_vm_saved_over_qmp_goes_on_in_a_new_process() {
 fn a_vm_saved_paused_comes_back_paused_and_cont_runs_it() {
     let dir = Dir::new("snap-paused");
     let (q1, s1, snap) = (dir.path("q1"), dir.path("s1"), dir.path("snap"));
-    let vm = boot_counter(&dir, &q1, &s1, &[], 2);
+    let vm = boot_counter(&dir, &q1, &s1, "size=64M", &[], 2);
     let mut qmp = Qmp::connect(q1.as_ref());
     qmp.ok("stop", json!({}));
     qmp.wait_event("STOP");
@@ -166,7 +148,7 @@ fn a_restore_that_differs_from_the_saved_vm_is_refused_line_by_line() {
     let disk = dir.path("disk.img");
     fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let disk_arg = format!("--disk=path={disk},id=d0");
-    let vm = boot_counter(&dir, &q1, &s1, &[&disk_arg], 1);
+    let vm = boot_counter(&dir, &q1, &s1, "size=64M", &[&disk_arg], 1);
     let mut qmp = Qmp::connect(q1.as_ref());
     qmp.migrate(&format!("file:{snap}"));
     drop(vm);
@@ -212,7 +194,7 @@ fn a_restore_that_differs_from_the_saved_vm_is_refused_line_by_line() {
 fn a_corrupt_or_truncated_snapshot_is_refused_and_nothing_runs() {
     let dir = Dir::new("snap-corrupt");
     let (q1, s1, snap) = (dir.path("q1"), dir.path("s1"), dir.path("snap"));
-    let vm = boot_counter(&dir, &q1, &s1, &[], 1);
+    let vm = boot_counter(&dir, &q1, &s1, "size=64M", &[], 1);
     let mut qmp = Qmp::connect(q1.as_ref());
     qmp.migrate(&format!("file:{snap}"));
     drop(vm);
@@ -247,7 +229,7 @@ fn a_corrupt_or_truncated_snapshot_is_refused_and_nothing_runs() {
 fn a_failed_migrate_incoming_stays_in_inmigrate_and_takes_another() {
     let dir = Dir::new("snap-defer");
     let (q1, s1, snap) = (dir.path("q1"), dir.path("s1"), dir.path("snap"));
-    let vm = boot_counter(&dir, &q1, &s1, &[], 2);
+    let vm = boot_counter(&dir, &q1, &s1, "size=64M", &[], 2);
     let mut qmp = Qmp::connect(q1.as_ref());
     qmp.migrate(&format!("file:{snap}"));
     let saved = read_log(&s1);
@@ -396,7 +378,7 @@ fn sections(path: &str) -> (Sections, RamChunks) {
 fn save_restore_save_again_gives_the_same_state() {
     let dir = Dir::new("snap-again");
     let (q1, s1, a, b) = (dir.path("q1"), dir.path("s1"), dir.path("a"), dir.path("b"));
-    let vm = boot_counter(&dir, &q1, &s1, &["--cpus", "2"], 2);
+    let vm = boot_counter(&dir, &q1, &s1, "size=64M", &["--cpus", "2"], 2);
     let mut qmp = Qmp::connect(q1.as_ref());
     qmp.ok("stop", json!({}));
     qmp.migrate(&format!("file:{a}"));
@@ -491,7 +473,14 @@ fn crafted_sections_with_valid_checksums_are_refused_without_a_panic() {
     let disk = dir.path("disk.img");
     fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let disk_arg = format!("--disk=path={disk},id=d0");
-    let vm = boot_counter(&dir, &q1, &s1, &[&disk_arg, "--balloon=stats=on"], 1);
+    let vm = boot_counter(
+        &dir,
+        &q1,
+        &s1,
+        "size=64M",
+        &[&disk_arg, "--balloon=stats=on"],
+        1,
+    );
     let mut qmp = Qmp::connect(q1.as_ref());
     qmp.migrate(&format!("file:{snap}"));
     drop(vm);

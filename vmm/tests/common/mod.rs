@@ -448,3 +448,34 @@ pub fn assert_contiguous(values: &[u64], what: &str) {
         );
     }
 }
+
+/// Boots the counter guest with `--memory MEMORY`, QMP at `q` and COM1
+/// into `serial` (plus `extra` options); returns once it printed `lines`
+/// lines.
+pub fn boot_counter(
+    dir: &Dir,
+    q: &str,
+    serial: &str,
+    memory: &str,
+    extra: &[&str],
+    lines: usize,
+) -> Vmm {
+    let kernel = dir.path("kernel");
+    fs::write(&kernel, bzimage(COUNTER)).unwrap();
+    let serial_arg = format!("--serial=file={serial}");
+    let qmp_arg = format!("--qmp=unix:{q}");
+    let mut args = vec![
+        "--kernel",
+        &kernel,
+        "--memory",
+        memory,
+        &serial_arg,
+        &qmp_arg,
+    ];
+    args.extend_from_slice(extra);
+    let vmm = Vmm::start(&args);
+    wait_until(20, "the counter guest's output", || {
+        counter_values(&read_log(serial)).len() >= lines
+    });
+    vmm
+}
