@@ -319,3 +319,16 @@ lab_l2_booted_after() {
 
 # lab_l2_lines PATTERN: every line of the L2 log matching PATTERN, on one line.
 lab_l2_lines() { grep -E "$1" "$LAB_L2_LOG" 2>/dev/null | tr -d '\r' | tr '\n' ';' | sed 's/;$//; s/;/; /g'; }
+
+# lab_policy_message N [RAMFILE]: item N under "## The messages" of
+# docs/policy.md (carried into L1 as /lab/policy.md) as vmm prints it,
+# with the page's example RAM file /srv/template/ram replaced by RAMFILE.
+lab_policy_message() {
+    awk -v n="$1" '
+        /^## The messages/ { on = 1; next }
+        !on { next }
+        /^[0-9]+\. `/ { cur = $1; sub(/\.$/, "", cur) }
+        !/^([0-9]+\.|   ) *`/ { cur = "" }
+        cur == n { s = $0; sub(/^[^`]*`/, "", s); sub(/`[^`]*$/, "", s); print "vmm: " s }
+    ' /lab/policy.md | sed "s|/srv/template/ram|${2:-/srv/template/ram}|g"
+}

@@ -16,17 +16,6 @@ truncate -s 1G $P
 dd if=/dev/zero of=/tmp/disk.img bs=1M count=1 2>/dev/null
 clone="size=1G,backing=file,path=$P,share=off,readonly=on,rom=off"
 
-# The message lines of item N under "## The messages", as vmm prints them.
-messages() {
-    awk -v n="$1" '
-        /^## The messages/ { on = 1; next }
-        !on { next }
-        /^[0-9]+\. `/ { cur = $1; sub(/\.$/, "", cur) }
-        !/^([0-9]+\.|   ) *`/ { cur = "" }
-        cur == n { s = $0; sub(/^[^`]*`/, "", s); sub(/`[^`]*$/, "", s); print "vmm: " s }
-    ' $doc
-}
-
 checked="" n=0
 # refused "N[ N...]" ARGS...: vmm run ARGS must be refused with messages N...
 refused() {
@@ -34,7 +23,7 @@ refused() {
     shift
     : >/tmp/want
     for m in $want; do
-        messages "$m" >>/tmp/want
+        lab_policy_message "$m" >>/tmp/want
     done
     [ -s /tmp/want ] || lab_fail "docs/policy.md has no message $want"
     vmm run --kernel /lab/vmlinuz --initrd /lab/l2.cpio --cmdline "console=ttyS0 lab.scenario=policy" \

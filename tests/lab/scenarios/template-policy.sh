@@ -16,16 +16,6 @@ doc=/lab/policy.md
 . /lab/scenarios/snapshot.common.sh
 base="console=ttyS0 panic=-1 quiet lab.scenario=template-policy lab.insmod=virtio_mmio"
 
-# Message N of docs/policy.md as vmm prints it, for the RAM file $2.
-message() {
-    awk -v n="$1" '
-        /^## The messages/ { on = 1; next }
-        !on { next }
-        /^[0-9]+\. `/ { cur = $1; sub(/\.$/, "", cur) }
-        !/^([0-9]+\.|   ) *`/ { cur = "" }
-        cur == n { s = $0; sub(/^[^`]*`/, "", s); sub(/`[^`]*$/, "", s); print "vmm: " s }
-    ' $doc | sed "s|/srv/template/ram|$2|g"
-}
 clone_mem() { echo "size=128M,backing=file,path=$1,share=off,readonly=on,rom=off"; }
 
 # tp_boot NAME MEM BALLOON: vmm run with RAM in MEM (share=on), the
@@ -80,7 +70,7 @@ vmm template create --dir $D --ready serial=LAB-TP-READY --kernel /lab/vmlinuz -
     --cmdline "$base" --memory size=128M --balloon free-page-reporting=on </dev/null >/tmp/tpc.out 2>/tmp/tpc.err
 rc=$?
 [ $rc = 2 ] || lab_fail "(c) template create with free-page-reporting=on exited $rc, not 2: $(head -c 300 /tmp/tpc.err)"
-want=$(message 4 $D/memory)
+want=$(lab_policy_message 4 $D/memory)
 [ -n "$want" ] || lab_fail "docs/policy.md has no message 4"
 [ "$(head -n 1 /tmp/tpc.err)" = "$want" ] || {
     lab_log "(c) expected first line: $want"
@@ -102,7 +92,7 @@ vmm run --incoming file:/tmp/tpa.state --cpus 1 --memory "$(clone_mem $mem)" --b
 rc=$?
 [ $rc = 2 ] || lab_fail "(a) the clone with free-page-reporting=on exited $rc, not 2: $(head -c 300 /tmp/tpa.clone.err)"
 [ ! -s /tmp/tpa.clone.out ] || lab_fail "(a) the refused clone printed on stdout (COM1): $(head -c 200 /tmp/tpa.clone.out)"
-message 4 $mem >/tmp/tpa.want
+lab_policy_message 4 $mem >/tmp/tpa.want
 cmp -s /tmp/tpa.want /tmp/tpa.clone.err || {
     lab_log "(a) expected: $(cat /tmp/tpa.want)"
     lab_log "(a) got: $(cat /tmp/tpa.clone.err)"
