@@ -11,13 +11,16 @@ use std::sync::Arc;
 use log::{info, warn};
 use thiserror::Error;
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{
-    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap,
-};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::backing::{BackingError, BackingKind, BackingSpec, RamBacking};
-use super::host_mapping::HostMapping;
+use super::host_mapping::{HostMapping, MappingLease};
+
+/// Guest RAM as devices access it. Each region owns its host mapping, so a
+/// clone of this value (as vhost-user code keeps in a `GuestMemoryAtomic`)
+/// stays valid after the `GuestRam` it came from is dropped.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<MappingLease>;
+type GuestRegionMmap = vm_memory::GuestRegionMmap<MappingLease>;
 
 const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
 /// x86-64's transparent huge page size: every mapping starts on this boundary.
@@ -67,10 +70,8 @@ impl RamRegion {
 /// All of guest RAM: the vm-memory view devices use and the facts the policy needs.
 #[derive(Clone, Debug)]
 pub struct GuestRam {
-    // Dropped before `_mappings`: the regions point into those mappings.
     memory: GuestMemoryMmap,
     regions: Vec<RamRegion>,
-    _mappings: Arc<Vec<HostMapping>>,
 }
 
 impl GuestRam {
@@ -174,7 +175,6 @@ pub enum GuestRamError {
 #[derive(Default)]
 pub struct GuestRamBuilder {
     regions: Vec<(RamRegion, GuestRegionMmap)>,
-    mappings: Vec<HostMapping>,
 }
 
 impl GuestRamBuilder {
@@ -249,16 +249,17 @@ impl GuestRamBuilder {
                     libc::madvise(host.addr().cast(), *size as usize, libc::MADV_HUGEPAGE);
                 }
             }
-            // SAFETY: `host` is a live mapping of exactly `size` bytes, kept
-            // in `self.mappings` (then in the GuestRam) for as long as the
-            // region built on it.
+            let addr = host.addr();
+            // SAFETY: `host` is a live mapping of exactly `size` bytes, and
+            // the lease that owns it is the region's own, so it is unmapped
+            // only after the region and every clone of it are gone.
             let mut builder = unsafe {
-                MmapRegionBuilder::new(*size as usize).with_raw_mmap_pointer(host.addr())
+                MmapRegionBuilder::new_with_bitmap(*size as usize, MappingLease::new(host))
+                    .with_raw_mmap_pointer(addr)
             }
             .with_mmap_prot(prot)
             .with_mmap_flags(flags)
             .with_hugetlbfs(spec.hugepages);
-            self.mappings.push(host);
             if let Some(f) = &file {
                 builder = builder.with_file_offset(FileOffset::from_arc(f.clone(), offset));
             }
@@ -296,11 +297,7 @@ impl GuestRamBuilder {
         for (m, r) in memory.iter().zip(&regions) {
             debug_assert_eq!(m.start_addr(), r.guest_base);
         }
-        Ok(GuestRam {
-            memory,
-            regions,
-            _mappings: Arc::new(self.mappings),
-        })
+        Ok(GuestRam { memory, regions })
     }
 }
 

@@ -9,6 +9,9 @@
 use std::io;
 use std::os::unix::io::RawFd;
 use std::ptr::null_mut;
+use std::sync::Arc;
+
+use vm_memory::bitmap::{Bitmap, WithBitmapSlice};
 
 /// One mapping this module made; unmapped on drop.
 #[derive(Debug)]
@@ -91,6 +94,35 @@ impl HostMapping {
     pub fn addr(&self) -> *mut u8 {
         self.addr
     }
+}
+
+/// Keeps a region's host mapping alive for as long as the region, and every
+/// clone of the memory holding it, exists.
+///
+/// vm-memory does not unmap a region built on a pointer it did not map, and
+/// the only per-region value it carries is the dirty bitmap: so the owner
+/// travels in that slot. It tracks nothing (as `()` would).
+#[derive(Clone, Debug)]
+pub struct MappingLease(#[allow(dead_code)] Arc<HostMapping>);
+
+impl MappingLease {
+    pub fn new(mapping: HostMapping) -> Self {
+        MappingLease(Arc::new(mapping))
+    }
+}
+
+impl WithBitmapSlice<'_> for MappingLease {
+    type S = ();
+}
+
+impl Bitmap for MappingLease {
+    fn mark_dirty(&self, _offset: usize, _len: usize) {}
+
+    fn dirty_at(&self, _offset: usize) -> bool {
+        false
+    }
+
+    fn slice_at(&self, _offset: usize) {}
 }
 
 impl Drop for HostMapping {

@@ -14,7 +14,9 @@ pub mod policy;
 
 pub use backing::{BackingError, BackingKind, BackingSpec, RamBacking, RomMode};
 pub use discard::DiscardError;
-pub use guest_ram::{preflight, GuestRam, GuestRamBuilder, GuestRamError, RamRegion, RegionRole};
+pub use guest_ram::{
+    preflight, GuestMemoryMmap, GuestRam, GuestRamBuilder, GuestRamError, RamRegion, RegionRole,
+};
 pub use policy::{check, Need, PolicyError, RamRequirement, Refusal};
 
 /// Size of a host base page; balloon pages and discard granularity are in these units.

@@ -404,3 +404,25 @@ fn every_region_starts_on_a_huge_page_boundary_in_the_host() {
         assert_eq!(read(&ram, (1 << 32) + MIB, 4096), vec![1; 4096]);
     }
 }
+
+#[test]
+fn memory_cloned_from_guest_ram_outlives_it() {
+    // What vhost-user code does: keep a clone of the memory (in a
+    // GuestMemoryAtomic) while the GuestRam it came from goes away.
+    let ram = map(&BackingSpec::memfd(true), 4 * MIB).unwrap();
+    let data = pattern(4096, 7);
+    ram.memory()
+        .write_slice(&data, GuestAddress(3 * MIB))
+        .unwrap();
+    let memory = ram.memory().clone();
+    drop(ram);
+    let mut back = vec![0u8; data.len()];
+    memory.read_slice(&mut back, GuestAddress(3 * MIB)).unwrap();
+    assert_eq!(
+        back, data,
+        "the clone must still see the pages the RAM held"
+    );
+    memory
+        .write_slice(&pattern(4096, 9), GuestAddress(0))
+        .unwrap();
+}

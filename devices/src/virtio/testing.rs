@@ -3,10 +3,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::ram::GuestMemoryMmap;
 use virtio_queue::desc::split::{Descriptor as SplitDescriptor, VirtqUsedElem};
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::{
     ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, STATUS_ACKNOWLEDGE, STATUS_DRIVER,

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::io;
 
+use crate::ram::GuestMemoryMmap;
 use log::{debug, warn};
 use thiserror::Error;
 use virtio_bindings::virtio_blk::{
@@ -19,7 +20,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::disk::{Disk, SECTOR_SHIFT, SECTOR_SIZE};
 

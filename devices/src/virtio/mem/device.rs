@@ -9,10 +9,11 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use crate::ram::GuestMemoryMmap;
 use log::{debug, error, info, warn};
 use thiserror::Error;
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::bitmap::BlockBitmap;
 use super::config::{MemConfig, MIN_BLOCK_SIZE};

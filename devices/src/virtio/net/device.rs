@@ -6,12 +6,13 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
+use crate::ram::GuestMemoryMmap;
 use log::{debug, error, warn};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use virtio_bindings::virtio_net;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::tap::{offload_flags, Tap, TapError, VNET_HDR_LEN};
 use super::NetConfig;

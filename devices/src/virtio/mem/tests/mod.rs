@@ -10,7 +10,8 @@ mod roundtrip;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use crate::ram::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::*;
 use crate::ram::{BackingSpec, GuestRam, RegionRole};

@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::ram::GuestMemoryMmap;
 use virtio_queue::desc::RawDescriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::frames::GUEST_MAC;
 use super::netns::retry_busy;
