@@ -3,7 +3,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::ram::GuestMemoryMmap;
 use virtio_queue::desc::split::{Descriptor as SplitDescriptor, VirtqUsedElem};
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::{Queue, QueueT};
@@ -13,6 +12,7 @@ use super::{
     ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, STATUS_ACKNOWLEDGE, STATUS_DRIVER,
     STATUS_DRIVER_OK, STATUS_FEATURES_OK,
 };
+use crate::ram::GuestMemoryMmap;
 
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;
 pub const VIRTQ_DESC_F_WRITE: u16 = 2;

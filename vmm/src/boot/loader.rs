@@ -6,7 +6,6 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use devices::ram::GuestMemoryMmap;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
@@ -17,6 +16,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout;
 use crate::vstate::{BootEntry, EntryMode};
+use devices::ram::GuestMemoryMmap;
 
 /// Where the kernel goes: the conventional 1 MiB "high memory" start.
 const HIMEM_START: u64 = 0x10_0000;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use log::{error, warn};
 use virtio_bindings::virtio_blk::{
     virtio_blk_config, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
-    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_queue::QueueT;
 
@@ -30,7 +30,7 @@ pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// hole actually frees space.
 pub const DISCARD_SECTOR_ALIGNMENT: u32 = (PAGE_SIZE / SECTOR_SIZE) as u32;
 
-const CONFIG_SPACE_SIZE: usize = size_of::<virtio_blk_config>();
+pub const CONFIG_SPACE_SIZE: usize = size_of::<virtio_blk_config>();
 
 /// A virtio-blk device backed by a raw image file.
 pub struct Block {
@@ -45,11 +45,9 @@ impl Block {
     /// Opens the image named by `config` (read-only when `config.readonly`).
     pub fn new(config: &BlockConfig, ram: Arc<GuestRam>) -> Result<Block, BlockError> {
         let disk = Disk::open(&config.path, config.readonly)?;
-        let features = offered_features(config.readonly);
-        let mut id = [0u8; ID_BYTES];
-        let n = config.id.len().min(ID_BYTES);
-        id[..n].copy_from_slice(&config.id.as_bytes()[..n]);
-        let config_space = config_space(disk.capacity_sectors(), config.readonly);
+        let features = offered_features(config.readonly, 1);
+        let id = serial_id(&config.id);
+        let config_space = config_space(disk.capacity_sectors(), config.readonly, 1);
         Ok(Block {
             common: VirtioCommon::new(TYPE_BLOCK, features, &[QUEUE_SIZE], ram),
             config: config.clone(),
@@ -81,42 +79,15 @@ impl Block {
 
     fn process_queue(&mut self) {
         let VirtioCommon { queues, ram, .. } = &mut self.common;
-        let mem = ram.memory();
-        let queue = &mut queues[0];
-        loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                warn!("virtio-blk: cannot suppress notifications: {e}");
-            }
-            let mut processed = 0usize;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                let len = request::process(&self.disk, &self.id, mem, chain);
-                if let Err(e) = queue.add_used(mem, head, len) {
-                    warn!("virtio-blk: cannot return descriptor {head} to the driver: {e}");
-                }
-                processed += 1;
-            }
-            match queue.enable_notification(mem) {
-                Ok(false) => break,
-                Ok(true) if processed == 0 => {
-                    // The avail index promises chains pop_descriptor_chain
-                    // refuses (it is over a queue ahead); retrying would spin.
-                    warn!("virtio-blk: the driver's avail index is inconsistent; waiting for the next notification");
-                    break;
-                }
-                Ok(true) => {}
-                Err(e) => {
-                    warn!("virtio-blk: cannot re-enable notifications: {e}");
-                    break;
-                }
-            }
-        }
+        request::process_queue(&mut queues[0], ram.memory(), &self.disk, &self.id);
     }
 }
 
-/// The feature offer follows from the configuration alone, so a restored
-/// device built from the same configuration offers the same features.
-fn offered_features(readonly: bool) -> u64 {
+/// The device features (without VERSION_1) of a disk with `num_queues`
+/// request queues. The offer follows from the configuration alone, so a
+/// restored device built from the same configuration offers the same
+/// features; the vhost-user daemon offers the same set.
+pub fn offered_features(readonly: bool, num_queues: u16) -> u64 {
     let mut f = VIRTIO_RING_F_EVENT_IDX
         | 1 << VIRTIO_BLK_F_FLUSH
         | 1 << VIRTIO_BLK_F_BLK_SIZE
@@ -126,12 +97,28 @@ fn offered_features(readonly: bool) -> u64 {
     } else {
         f |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
     }
+    if num_queues > 1 {
+        f |= 1 << VIRTIO_BLK_F_MQ;
+    }
     f
+}
+
+/// The id a disk reports to GET_ID: its configured id, cut or zero-padded
+/// to 20 bytes.
+pub fn serial_id(id: &str) -> [u8; ID_BYTES] {
+    let mut out = [0u8; ID_BYTES];
+    let n = id.len().min(ID_BYTES);
+    out[..n].copy_from_slice(&id.as_bytes()[..n]);
+    out
 }
 
 /// `struct virtio_blk_config` in little endian; fields whose feature is not
 /// offered stay zero.
-fn config_space(capacity_sectors: u64, readonly: bool) -> [u8; CONFIG_SPACE_SIZE] {
+pub fn config_space(
+    capacity_sectors: u64,
+    readonly: bool,
+    num_queues: u16,
+) -> [u8; CONFIG_SPACE_SIZE] {
     fn put(space: &mut [u8], offset: usize, bytes: &[u8]) {
         space[offset..offset + bytes.len()].copy_from_slice(bytes);
     }
@@ -151,6 +138,13 @@ fn config_space(capacity_sectors: u64, readonly: bool) -> [u8; CONFIG_SPACE_SIZE
         offset_of!(virtio_blk_config, blk_size),
         &(SECTOR_SIZE as u32).to_le_bytes(),
     );
+    if num_queues > 1 {
+        put(
+            &mut s,
+            offset_of!(virtio_blk_config, num_queues),
+            &num_queues.to_le_bytes(),
+        );
+    }
     if !readonly {
         for (offset, value) in [
             (

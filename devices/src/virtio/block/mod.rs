@@ -9,9 +9,13 @@ mod request;
 mod tests;
 
 pub use config::*;
-pub use device::{Block, DISCARD_SECTOR_ALIGNMENT, QUEUE_SIZE, SEG_MAX};
-pub use disk::{BlockError, SECTOR_SIZE};
+pub use device::{
+    config_space, offered_features, serial_id, Block, CONFIG_SPACE_SIZE, DISCARD_SECTOR_ALIGNMENT,
+    QUEUE_SIZE, SEG_MAX,
+};
+pub use disk::{BlockError, Disk, SECTOR_SIZE};
 pub use persist::BlockState;
 pub use request::{
-    ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG,
+    process_queue, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS,
+    MAX_WRITE_ZEROES_SEG,
 };

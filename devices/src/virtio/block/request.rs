@@ -10,7 +10,6 @@
 use std::collections::VecDeque;
 use std::io;
 
-use crate::ram::GuestMemoryMmap;
 use log::{debug, warn};
 use thiserror::Error;
 use virtio_bindings::virtio_blk::{
@@ -19,7 +18,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::DescriptorChain;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::disk::{Disk, SECTOR_SHIFT, SECTOR_SIZE};
@@ -39,8 +38,6 @@ pub const MAX_WRITE_ZEROES_SECTORS: u32 = MAX_DISCARD_SECTORS;
 /// Only one segment per DISCARD / WRITE_ZEROES, as Linux and QEMU use.
 pub const MAX_DISCARD_SEG: u32 = 1;
 pub const MAX_WRITE_ZEROES_SEG: u32 = 1;
-
-type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
 
 #[derive(Debug, Error)]
 enum RequestError {
@@ -91,10 +88,59 @@ impl RequestError {
     }
 }
 
+/// Serves every request the driver has made available on `queue`, until
+/// the ring is empty with notifications re-enabled. Returns how many
+/// requests were completed; the caller decides whether to interrupt the
+/// driver (`Queue::needs_notification`). Both the in-process device and the
+/// vhost-user daemon run their queues through this.
+pub fn process_queue<M: GuestMemoryBackend>(
+    queue: &mut Queue,
+    mem: &M,
+    disk: &Disk,
+    id: &[u8; ID_BYTES],
+) -> usize {
+    let mut total = 0usize;
+    loop {
+        if let Err(e) = queue.disable_notification(mem) {
+            warn!("virtio-blk: cannot suppress notifications: {e}");
+        }
+        let mut processed = 0usize;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len = process(disk, id, mem, chain);
+            if let Err(e) = queue.add_used(mem, head, len) {
+                warn!("virtio-blk: cannot return descriptor {head} to the driver: {e}");
+            }
+            processed += 1;
+        }
+        total += processed;
+        match queue.enable_notification(mem) {
+            Ok(false) => break,
+            Ok(true) if processed == 0 => {
+                // The avail index promises chains pop_descriptor_chain
+                // refuses (it is over a queue ahead); retrying would spin.
+                warn!("virtio-blk: the driver's avail index is inconsistent; waiting for the next notification");
+                break;
+            }
+            Ok(true) => {}
+            Err(e) => {
+                warn!("virtio-blk: cannot re-enable notifications: {e}");
+                break;
+            }
+        }
+    }
+    total
+}
+
 /// Runs the request in `chain` and writes its status. Returns the used
 /// length: bytes written to the driver's buffers, status byte included, or
 /// 0 when the chain has no status byte the device could write.
-pub fn process(disk: &Disk, id: &[u8; ID_BYTES], mem: &GuestMemoryMmap, chain: Chain<'_>) -> u32 {
+pub fn process<M: GuestMemoryBackend>(
+    disk: &Disk,
+    id: &[u8; ID_BYTES],
+    mem: &M,
+    chain: DescriptorChain<&M>,
+) -> u32 {
     let head = chain.head_index();
     // Walked once: the guest may rewrite its descriptors while we work, so
     // everything below uses this copy, validated once.
@@ -129,7 +175,7 @@ pub fn process(disk: &Disk, id: &[u8; ID_BYTES], mem: &GuestMemoryMmap, chain: C
 /// The status byte: last byte of the last descriptor, which must end the
 /// chain (a chain cut short by a loop or a bad index has no defined end),
 /// be device-writable, non-empty and in guest RAM.
-fn status_location(descs: &[Descriptor], mem: &GuestMemoryMmap) -> Option<GuestAddress> {
+fn status_location<M: GuestMemoryBackend>(descs: &[Descriptor], mem: &M) -> Option<GuestAddress> {
     let last = descs.last()?;
     if last.has_next() || !last.is_write_only() || last.len() == 0 {
         return None;
@@ -140,7 +186,7 @@ fn status_location(descs: &[Descriptor], mem: &GuestMemoryMmap) -> Option<GuestA
 
 /// Every buffer lies in guest RAM and readable buffers precede writable
 /// ones (virtio 1.x, 2.7.4.2), so the streams below are well defined.
-fn check_layout(descs: &[Descriptor], mem: &GuestMemoryMmap) -> Result<(), RequestError> {
+fn check_layout<M: GuestMemoryBackend>(descs: &[Descriptor], mem: &M) -> Result<(), RequestError> {
     let mut seen_writable = false;
     for (index, d) in descs.iter().enumerate() {
         let in_ram = d.addr().checked_add(u64::from(d.len())).is_some()
@@ -161,10 +207,10 @@ fn check_layout(descs: &[Descriptor], mem: &GuestMemoryMmap) -> Result<(), Reque
     Ok(())
 }
 
-fn execute(
+fn execute<M: GuestMemoryBackend>(
     disk: &Disk,
     id: &[u8; ID_BYTES],
-    mem: &GuestMemoryMmap,
+    mem: &M,
     descs: &[Descriptor],
 ) -> Result<u32, RequestError> {
     check_layout(descs, mem)?;
@@ -229,9 +275,9 @@ fn execute(
     }
 }
 
-fn discard_or_zero(
+fn discard_or_zero<M: GuestMemoryBackend>(
     disk: &Disk,
-    reader: &mut GuestStream<'_>,
+    reader: &mut GuestStream<'_, M>,
     discard: bool,
 ) -> Result<(), RequestError> {
     if disk.readonly() {
@@ -314,15 +360,15 @@ fn sector_range(
 
 /// One direction of a chain as a byte stream, over buffers `check_layout`
 /// found inside guest RAM.
-struct GuestStream<'a> {
-    mem: &'a GuestMemoryMmap,
+struct GuestStream<'a, M> {
+    mem: &'a M,
     bufs: VecDeque<(GuestAddress, usize)>,
 }
 
-impl<'a> GuestStream<'a> {
+impl<'a, M: GuestMemoryBackend> GuestStream<'a, M> {
     /// The device-readable stream, and the device-writable one without its
     /// final status byte.
-    fn split(mem: &'a GuestMemoryMmap, descs: &[Descriptor]) -> (Self, Self) {
+    fn split(mem: &'a M, descs: &[Descriptor]) -> (Self, Self) {
         let mut readable = GuestStream {
             mem,
             bufs: VecDeque::new(),

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use crate::ram::GuestMemoryMmap;
 use proptest::prelude::*;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
@@ -19,7 +18,7 @@ use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
-use crate::ram::GuestRam;
+use crate::ram::{GuestMemoryMmap, GuestRam};
 use crate::virtio::persist::{encode, Persist, PersistError};
 use crate::virtio::testing::{
     init_device, raw, Buf, DriverQueue, InterruptLog, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,

@@ -9,7 +9,6 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::ram::GuestMemoryMmap;
 use log::{debug, error, info, warn};
 use thiserror::Error;
 use virtio_queue::{DescriptorChain, QueueT};
@@ -17,7 +16,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::bitmap::BlockBitmap;
 use super::config::{MemConfig, MIN_BLOCK_SIZE};
-use crate::ram::{DiscardError, GuestRam, RegionRole};
+use crate::ram::{DiscardError, GuestMemoryMmap, GuestRam, RegionRole};
 use crate::size::format_size;
 use crate::virtio::{
     read_config_bytes, ActivateError, VirtioCommon, VirtioDevice, TYPE_MEM, VIRTIO_RING_F_EVENT_IDX,

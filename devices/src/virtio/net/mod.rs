@@ -7,12 +7,18 @@
 mod config;
 mod device;
 mod persist;
+mod ring;
+mod rx;
 pub mod tap;
+mod tx;
 
 pub use config::*;
 pub use device::*;
 pub use persist::NetState;
+pub use ring::QueueRun;
+pub use rx::RxQueue;
 pub use tap::{Tap, TapError};
+pub use tx::process_tx;
 
 #[cfg(test)]
 mod tests;

@@ -41,7 +41,7 @@ impl Persist for Net {
             virtio: VirtioCommonState::save(&self.common),
             config: self.config.clone(),
             tap_offloads: self.tap_offloads,
-            rx_pending: self.rx_pending.map(|n| self.rx_buf[..n].to_vec()),
+            rx_pending: self.rx.held().map(<[u8]>::to_vec),
             counters: self.counters,
         }
     }
@@ -83,8 +83,7 @@ impl Net {
             .map_err(|e| PersistError::Device(format!("net {}: {e}", config.id)))?;
         net.tap_offloads = expected;
         if let Some(pkt) = &state.rx_pending {
-            net.rx_buf[..pkt.len()].copy_from_slice(pkt);
-            net.rx_pending = Some(pkt.len());
+            net.rx.hold(pkt);
         }
         net.counters = state.counters;
         Ok(net)

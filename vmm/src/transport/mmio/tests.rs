@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use devices::ram::GuestMemoryMmap;
-use devices::ram::GuestRam;
+use devices::ram::{GuestMemoryMmap, GuestRam};
 use devices::virtio::balloon::{Balloon, BalloonConfig};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::testing::{Buf, DriverQueue};

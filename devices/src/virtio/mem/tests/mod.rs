@@ -10,11 +10,10 @@ mod roundtrip;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::ram::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::*;
-use crate::ram::{BackingSpec, GuestRam, RegionRole};
+use crate::ram::{BackingSpec, GuestMemoryMmap, GuestRam, RegionRole};
 use crate::virtio::testing::{init_device, Buf, DriverQueue, InterruptLog};
 use crate::virtio::{VirtioDevice, VIRTIO_RING_F_EVENT_IDX};
 

@@ -3,13 +3,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::ram::GuestMemoryMmap;
 use virtio_queue::desc::RawDescriptor;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::frames::GUEST_MAC;
 use super::netns::retry_busy;
-use crate::ram::GuestRam;
+use crate::ram::{GuestMemoryMmap, GuestRam};
 use crate::virtio::net::{Net, NetConfig, RX_QUEUE, TX_QUEUE};
 use crate::virtio::testing::{init_device, Buf, DriverQueue, InterruptLog};
 use crate::virtio::{VirtioDevice, VIRTIO_F_VERSION_1};

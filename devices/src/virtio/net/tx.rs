@@ -1,0 +1,154 @@
+//! Transmit: the driver's TX chains onto the TAP, straight from guest memory.
+//!
+//! A function of one TX queue, any guest memory and a TAP, shared by the
+//! in-process device and the vhost-user daemon.
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::Ordering;
+
+use log::{error, warn};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::GuestMemoryBackend;
+
+use super::device::{NetCounters, MAX_PACKET_LEN};
+use super::ring::{avail_overrun, put_used, BadChain, QueueRun};
+use super::tap::{Tap, VNET_HDR_LEN};
+
+/// writev refuses more than IOV_MAX segments.
+const MAX_IOVECS: usize = 1024;
+
+/// Sends every chain available on TX queue `q` to `tap`, until the ring is
+/// empty with notifications re-enabled.
+pub fn process_tx<M: GuestMemoryBackend>(
+    q: &mut Queue,
+    mem: &M,
+    tap: &Tap,
+    counters: &mut NetCounters,
+    id: &str,
+) -> QueueRun {
+    let used_before = q.next_used();
+    let mut run = QueueRun::default();
+    loop {
+        if let Err(e) = q.disable_notification(mem) {
+            error!("net {id}: TX queue: {e}");
+        }
+        match q.avail_idx(mem, Ordering::Acquire) {
+            Ok(idx) if !avail_overrun(q, idx.0, "TX", id) => {}
+            Ok(_) => {
+                run.broken = true;
+                break;
+            }
+            Err(e) => {
+                error!("net {id}: TX queue unreadable: {e}");
+                run.broken = true;
+                break;
+            }
+        }
+        while let Some(chain) = q.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            match transmit(tap, mem, chain) {
+                Ok(frame_len) => {
+                    counters.tx_packets += 1;
+                    counters.tx_bytes += frame_len as u64;
+                }
+                Err(e) => {
+                    counters.tx_dropped += 1;
+                    warn!("net {id}: TX chain {head} dropped: {e}");
+                }
+            }
+            // The device writes nothing into TX buffers.
+            put_used(q, mem, head, 0, id);
+        }
+        match q.enable_notification(mem) {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(e) => {
+                error!("net {id}: TX queue: {e}");
+                break;
+            }
+        }
+    }
+    run.completed = q.next_used() != used_before;
+    run
+}
+
+#[derive(Debug)]
+enum TxDrop {
+    Chain(BadChain),
+    TooShort(usize),
+    TooLarge,
+    TooManySegments,
+    Tap(io::Error),
+}
+
+impl fmt::Display for TxDrop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TxDrop::Chain(b) => b.fmt(f),
+            TxDrop::TooShort(n) => write!(
+                f,
+                "{n} bytes cannot hold the {VNET_HDR_LEN}-byte virtio-net header"
+            ),
+            TxDrop::TooLarge => write!(f, "packet exceeds {MAX_PACKET_LEN} bytes"),
+            TxDrop::TooManySegments => write!(f, "packet spans more than {MAX_IOVECS} segments"),
+            TxDrop::Tap(e) => write!(f, "the TAP refused it: {e}"),
+        }
+    }
+}
+
+/// Writes one TX chain (header and frame) to the TAP. Returns the frame length.
+fn transmit<M: GuestMemoryBackend>(
+    tap: &Tap,
+    mem: &M,
+    chain: DescriptorChain<&M>,
+) -> Result<usize, TxDrop> {
+    let mut iovs: Vec<libc::iovec> = Vec::new();
+    let mut guards = Vec::new();
+    let mut total = 0usize;
+    let mut ends = false;
+    for d in chain {
+        ends = !d.has_next();
+        if d.is_write_only() {
+            return Err(TxDrop::Chain(BadChain::WriteOnly));
+        }
+        total += d.len() as usize;
+        if total > MAX_PACKET_LEN {
+            return Err(TxDrop::TooLarge);
+        }
+        let outside = || {
+            TxDrop::Chain(BadChain::OutsideRam {
+                addr: d.addr().0,
+                len: d.len(),
+            })
+        };
+        if !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
+            return Err(outside());
+        }
+        for slice in GuestMemoryBackend::get_slices(mem, d.addr(), d.len() as usize) {
+            let guard = slice.map_err(|_| outside())?.ptr_guard();
+            iovs.push(libc::iovec {
+                iov_base: guard.as_ptr() as *mut libc::c_void,
+                iov_len: guard.len(),
+            });
+            guards.push(guard);
+        }
+        if iovs.len() > MAX_IOVECS {
+            return Err(TxDrop::TooManySegments);
+        }
+    }
+    if !ends {
+        return Err(TxDrop::Chain(BadChain::Truncated));
+    }
+    if total < VNET_HDR_LEN {
+        return Err(TxDrop::TooShort(total));
+    }
+    // SAFETY: every iovec points into a guest RAM mapping kept alive by
+    // `mem` (and `guards`) for the whole call.
+    let written = unsafe { tap.writev_raw(&iovs) }.map_err(TxDrop::Tap)?;
+    drop(guards);
+    if written != total {
+        warn!("TAP {:?} took {written} of {total} bytes", tap.name());
+    }
+    Ok(total - VNET_HDR_LEN)
+}
