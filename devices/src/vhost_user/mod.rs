@@ -1,4 +1,18 @@
 //! vhost-user: devices whose backend runs in another process and maps guest RAM itself.
+//!
+//! The daemons (`vhost-user-blk`, `vhost-user-net`) serve the in-process
+//! devices' request code over the vhost-user protocol.
+
+pub mod block;
+pub mod cli;
+pub mod frontend;
+mod kick_watch;
+pub mod net;
+pub mod serve;
+
+pub use block::{BlockBackend, BlockDaemonConfig};
+pub use net::{NetBackend, NetDaemonConfig};
+pub use serve::{serve, DaemonDevice, ServeError};
 
 use crate::ram::policy::{Need, Scope};
 use crate::ram::RamRequirement;

@@ -57,6 +57,19 @@ impl Tap {
     /// (which needs CAP_NET_ADMIN; a TAP created beforehand with
     /// `ip tuntap add ... user U` can be opened by U without privileges).
     pub fn open(name: &str) -> Result<Tap, TapError> {
+        Tap::open_queue(name, false)
+    }
+
+    /// Opens `count` queues of the TAP `name`, one fd each. Several queues
+    /// need a TAP created with `multi_queue` (or none of that name, so that
+    /// a transient multi-queue one is made).
+    pub fn open_queues(name: &str, count: usize) -> Result<Vec<Tap>, TapError> {
+        (0..count)
+            .map(|_| Tap::open_queue(name, count > 1))
+            .collect()
+    }
+
+    fn open_queue(name: &str, multi_queue: bool) -> Result<Tap, TapError> {
         let ifr_name = ifname(name)?;
         let file = OpenOptions::new()
             .read(true)
@@ -70,7 +83,11 @@ impl Tap {
             })?;
 
         let mut req = new_ifreq(ifr_name);
-        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as c_short;
+        let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+        if multi_queue {
+            flags |= libc::IFF_MULTI_QUEUE;
+        }
+        req.ifr_ifru.ifru_flags = flags as c_short;
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `req` is.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
         if rc < 0 {
@@ -264,7 +281,7 @@ fn attach_hint(e: &io::Error) -> &'static str {
             "another process has the TAP open, or it was created with multi_queue; close the other user or create a fresh TAP with `ip tuntap add dev NAME mode tap`"
         }
         Some(libc::EINVAL) => {
-            "an interface of that name exists but is not a single-queue TAP (a TUN, or another device type); pick another name or recreate it with `ip tuntap add dev NAME mode tap`"
+            "an interface of that name exists but is not a TAP with that many queues (a TUN, another device type, or a TAP whose multi_queue setting differs: `ip tuntap add dev NAME mode tap multi_queue` for several queues); pick another name or recreate it"
         }
         _ => "check the TAP exists in this network namespace (`ip link show NAME`)",
     }

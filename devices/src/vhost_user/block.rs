@@ -1,0 +1,227 @@
+//! The vhost-user block device: the in-process virtio-blk request code
+//! serving rings that live in a front end's shared guest RAM.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use log::{error, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use super::kick_watch::KickWatch;
+use super::serve::DaemonDevice;
+use crate::virtio::block::{
+    config_space, offered_features, process_queue, serial_id, BlockError, Disk, CONFIG_SPACE_SIZE,
+    ID_BYTES,
+};
+use crate::virtio::VIRTIO_F_VERSION_1;
+
+/// What `vhost-user-blk` serves.
+#[derive(Clone, Debug)]
+pub struct BlockDaemonConfig {
+    pub image: PathBuf,
+    pub readonly: bool,
+    pub queues: u16,
+    pub queue_size: u16,
+    /// Reported to GET_ID (cut to 20 bytes).
+    pub serial: String,
+}
+
+/// Largest queue count: each queue gets a worker thread.
+pub const MAX_QUEUES: u16 = 64;
+
+/// A disk image served to vhost-user front ends, one at a time. Clones
+/// share the image and its state (the daemon framework wants one per worker).
+#[derive(Clone)]
+pub struct BlockBackend(Arc<Inner>);
+
+struct Inner {
+    name: String,
+    disk: Disk,
+    serial: [u8; ID_BYTES],
+    config_space: [u8; CONFIG_SPACE_SIZE],
+    features: u64,
+    queues: u16,
+    queue_size: u16,
+    event_idx: AtomicBool,
+    mem: Mutex<GuestMemoryAtomic<GuestMemoryMmap>>,
+    watches: Vec<Mutex<KickWatch>>,
+    gate: RwLock<()>,
+}
+
+impl BlockBackend {
+    /// Opens the image; the configuration is checked by the caller.
+    pub fn new(config: &BlockDaemonConfig) -> Result<BlockBackend, BlockError> {
+        let disk = Disk::open(&config.image, config.readonly)?;
+        let name = format!("vhost-user-blk {}", config.image.display());
+        Ok(BlockBackend(Arc::new(Inner {
+            serial: serial_id(&config.serial),
+            config_space: config_space(disk.capacity_sectors(), config.readonly, config.queues),
+            features: offered_features(config.readonly, config.queues)
+                | VIRTIO_F_VERSION_1
+                | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
+            disk,
+            name,
+            queues: config.queues,
+            queue_size: config.queue_size,
+            event_idx: AtomicBool::new(false),
+            mem: Mutex::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
+            watches: (0..config.queues)
+                .map(|_| Mutex::new(KickWatch::default()))
+                .collect(),
+            gate: RwLock::new(()),
+        })))
+    }
+
+    pub fn capacity_sectors(&self) -> u64 {
+        self.0.disk.capacity_sectors()
+    }
+
+    fn serve_queue(&self, queue_index: usize, vring: &VringRwLock) {
+        let inner = &self.0;
+        let _gate = inner.gate.read().unwrap_or_else(|e| e.into_inner());
+        let mem = inner.mem.lock().unwrap_or_else(|e| e.into_inner()).memory();
+        let mut state = vring.get_mut();
+        let queue = state.get_queue_mut();
+        let served = process_queue(queue, &*mem, &inner.disk, &inner.serial);
+        let notify = match queue.needs_notification(&*mem) {
+            Ok(n) => n,
+            Err(e) => {
+                // An unreadable used-event field: interrupt rather than stall.
+                warn!("{}: queue {queue_index}: {e}", inner.name);
+                true
+            }
+        };
+        if served > 0 && notify {
+            if let Err(e) = state.signal_used_queue() {
+                error!(
+                    "{}: queue {queue_index}: signalling the front end: {e}",
+                    inner.name
+                );
+            }
+        }
+        drop(state);
+        inner.watches[queue_index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .kicked(served, &inner.name, queue_index);
+    }
+}
+
+impl VhostUserBackend for BlockBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.0.queues)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.0.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        self.0.features
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.0.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        read_config(&self.0.config_space, offset, size)
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        *self.0.mem.lock().unwrap_or_else(|e| e.into_inner()) = mem;
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.0.queues).map(|q| 1u64 << q).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::CLOEXEC)
+            .map_err(|e| error!("{}: creating a worker's exit event: {e}", self.0.name))
+            .ok()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        // One queue per worker: its kick is local event 0 and the thread's
+        // index is the queue's.
+        match vrings.get(usize::from(device_event)) {
+            Some(vring) if thread_id < usize::from(self.0.queues) => {
+                self.serve_queue(thread_id, vring)
+            }
+            _ => warn!(
+                "{}: worker {thread_id}: unexpected event {device_event}; ignored",
+                self.0.name
+            ),
+        }
+        Ok(())
+    }
+}
+
+impl DaemonDevice for BlockBackend {
+    fn describe(&self) -> String {
+        self.0.name.clone()
+    }
+
+    fn io_gate(&self) -> &RwLock<()> {
+        &self.0.gate
+    }
+
+    fn connected(&self, _daemon: &VhostUserDaemon<Self>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn disconnected(&self) {
+        let inner = &self.0;
+        if !inner.disk.readonly() {
+            if let Err(e) = inner.disk.sync_all() {
+                error!(
+                    "{}: making the image durable after the front end left: {e}",
+                    inner.name
+                );
+            }
+        }
+        *inner.mem.lock().unwrap_or_else(|e| e.into_inner()) =
+            GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        for w in &inner.watches {
+            *w.lock().unwrap_or_else(|e| e.into_inner()) = KickWatch::default();
+        }
+    }
+}
+
+/// `size` bytes of the config space from `offset`; bytes past its end read
+/// as zero, as a driver reading a field the device does not have would see.
+pub(super) fn read_config(space: &[u8], offset: u32, size: u32) -> Vec<u8> {
+    let mut out = vec![0u8; size.min(256) as usize];
+    let start = offset as usize;
+    if start < space.len() {
+        let n = out.len().min(space.len() - start);
+        out[..n].copy_from_slice(&space[start..start + n]);
+    }
+    out
+}
