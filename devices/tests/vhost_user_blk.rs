@@ -2,17 +2,18 @@
 //! vhost-user front end, with a driver-side ring in shared memfd RAM: what
 //! QEMU or vmm would do, without a guest.
 
+mod common;
+
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use std::os::unix::io::AsRawFd;
 
+use common::{pattern, Daemon, Scratch};
 use devices::ram::{BackingSpec, GuestRam, RegionRole};
 use devices::vhost_user::frontend::{BackendConnection, RingAddrs};
 use devices::virtio::testing::{Buf, DriverQueue};
@@ -20,12 +21,12 @@ use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT,
 };
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
@@ -35,91 +36,6 @@ const HDR: u64 = 0x100000;
 const DATA: u64 = 0x200000;
 const STATUS: u64 = 0x300000;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("vub-{}-{tag}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The daemon process; its stderr lines arrive on a channel.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Daemon {
-    fn start(socket: &Path, image: &Path, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(DAEMON)
-            .arg("--socket")
-            .arg(socket)
-            .arg("--image")
-            .arg(image)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        let mut d = Daemon {
-            child,
-            lines,
-            seen: Vec::new(),
-        };
-        d.wait_for("waiting for a front end");
-        d
-    }
-
-    /// Waits for a stderr line containing `text`; panics with the log so far.
-    fn wait_for(&mut self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.contains(text) {
-                        return l;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "daemon never logged {text:?}; it logged:\n{}",
-            self.seen.join("\n")
-        );
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on the child's own pid.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A front end with one ring in 16 MiB of memfd RAM, as a driver sets it up.
 struct Front {
@@ -223,18 +139,16 @@ fn image(dir: &Path, size: u64) -> PathBuf {
     p
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
 #[test]
 fn writes_reach_the_image_reads_come_back_and_the_call_eventfd_fires() {
     let dir = Scratch::new("rw");
     let img = image(&dir.0, 4 * MIB);
     let sock = dir.0.join("blk.sock");
-    let mut d = Daemon::start(&sock, &img, &["--serial", "disk-7"]);
+    let mut d = Daemon::start(
+        DAEMON,
+        &sock,
+        &["--image", img.to_str().unwrap(), "--serial", "disk-7"],
+    );
     let mut f = Front::shared(&sock);
     d.wait_for("front end 1 connected");
 
@@ -282,7 +196,7 @@ fn a_second_front_end_is_served_after_the_first_goes_away() {
     let dir = Scratch::new("reconnect");
     let img = image(&dir.0, 4 * MIB);
     let sock = dir.0.join("blk.sock");
-    let mut d = Daemon::start(&sock, &img, &[]);
+    let mut d = Daemon::start(DAEMON, &sock, &["--image", img.to_str().unwrap()]);
     let data = pattern(4096, 9);
     {
         let mut f = Front::shared(&sock);
@@ -306,7 +220,7 @@ fn ram_offered_through_a_read_only_fd_is_refused_with_the_reason() {
     let dir = Scratch::new("rofd");
     let img = image(&dir.0, MIB);
     let sock = dir.0.join("blk.sock");
-    let mut d = Daemon::start(&sock, &img, &[]);
+    let mut d = Daemon::start(DAEMON, &sock, &["--image", img.to_str().unwrap()]);
     // A template clone's RAM: the template's file opened read-only. vmm's
     // own front end refuses such RAM before connecting, so this speaks the
     // protocol directly, as a front end without that check would.
@@ -347,11 +261,85 @@ fn ram_offered_through_a_read_only_fd_is_refused_with_the_reason() {
 }
 
 #[test]
+fn a_front_end_with_private_ram_is_reported_instead_of_a_silent_hang() {
+    // What QEMU does with memory-backend-file,share=off: the guest's RAM is
+    // a private mapping of a file, and the file's fd is what the back end
+    // gets. Mapping it works; the driver's writes just never show.
+    let dir = Scratch::new("private");
+    let img = image(&dir.0, MIB);
+    let sock = dir.0.join("blk.sock");
+    let mut d = Daemon::start(DAEMON, &sock, &["--image", img.to_str().unwrap()]);
+    let ram_file = dir.0.join("memory");
+    let mut b = GuestRam::builder();
+    b.add(
+        "--memory",
+        &BackingSpec::file(&ram_file, false),
+        RegionRole::Boot,
+        &[(GuestAddress(0), 16 * MIB)],
+    )
+    .unwrap();
+    let ram = b.build().unwrap();
+    let fd = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&ram_file)
+        .unwrap();
+    let host = |a: GuestAddress| ram.memory().get_host_address(a).unwrap() as u64;
+    let mut fe = Frontend::connect(&sock, 1).unwrap();
+    fe.set_owner().unwrap();
+    fe.get_features().unwrap();
+    fe.get_protocol_features().unwrap();
+    fe.set_protocol_features(VhostUserProtocolFeatures::REPLY_ACK)
+        .unwrap();
+    fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    fe.set_features(VIRTIO_F_VERSION_1 | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits())
+        .unwrap();
+    fe.set_mem_table(&[VhostUserMemoryRegionInfo {
+        guest_phys_addr: 0,
+        memory_size: 16 * MIB,
+        userspace_addr: host(GuestAddress(0)),
+        mmap_offset: 0,
+        mmap_handle: fd.as_raw_fd(),
+    }])
+    .expect("a writable fd maps fine: nothing fails, which is the danger");
+    let mut q = DriverQueue::new(ram.memory(), GuestAddress(RING), 64);
+    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+    let call = EventFd::new(EFD_NONBLOCK).unwrap();
+    fe.set_vring_num(0, 64).unwrap();
+    fe.set_vring_addr(
+        0,
+        &VringConfigData {
+            queue_max_size: 64,
+            queue_size: 64,
+            flags: 0,
+            desc_table_addr: host(q.desc_table()),
+            used_ring_addr: host(q.used_ring()),
+            avail_ring_addr: host(q.avail_ring()),
+            log_addr: None,
+        },
+    )
+    .unwrap();
+    fe.set_vring_base(0, 0).unwrap();
+    fe.set_vring_call(0, &call).unwrap();
+    fe.set_vring_kick(0, &kick).unwrap();
+    fe.set_vring_enable(0, true).unwrap();
+
+    let mut hdr = [0u8; 16];
+    hdr[0..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
+    ram.memory().write_slice(&hdr, GuestAddress(HDR)).unwrap();
+    q.add_chain(&[Buf::r(HDR, 16), Buf::w(DATA, 512), Buf::w(STATUS, 1)]);
+    kick.write(1).unwrap();
+    let line = d.wait_for("probably private");
+    assert!(line.contains("share=on"), "{line}");
+    assert!(q.used().is_empty(), "nothing can have been served");
+}
+
+#[test]
 fn sigterm_syncs_removes_the_socket_and_exits_zero() {
     let dir = Scratch::new("term");
     let img = image(&dir.0, MIB);
     let sock = dir.0.join("blk.sock");
-    let mut d = Daemon::start(&sock, &img, &[]);
+    let mut d = Daemon::start(DAEMON, &sock, &["--image", img.to_str().unwrap()]);
     let mut f = Front::shared(&sock);
     let (status, _) = f.request(VIRTIO_BLK_T_OUT, 0, Some((&pattern(512, 1), true)));
     assert_eq!(status, VIRTIO_BLK_S_OK as u8);

@@ -1,9 +1,9 @@
 //! Tests against real TAP devices inside a private network namespace (see
 //! `netns`); they need root and fail rather than skip without it.
 
-mod frames;
 mod guest;
-mod netns;
+
+use crate::virtio::testing::{frames, netns};
 
 mod device;
 mod malformed;

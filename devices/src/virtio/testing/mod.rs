@@ -1,6 +1,9 @@
 //! Driver-side helpers for tests: a split virtqueue the test fills as a
 //! guest driver would, in real guest memory, and an interrupt sink.
 
+pub mod frames;
+pub mod netns;
+
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::desc::split::{Descriptor as SplitDescriptor, VirtqUsedElem};
