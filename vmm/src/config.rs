@@ -14,6 +14,7 @@ use devices::ram::{
     BackingKind, BackingSpec, PolicyError, RamBacking, RamRequirement, RegionRole, RomMode,
 };
 use devices::size::format_size;
+use devices::vhost_user::{VhostUserBlkConfig, VhostUserNetConfig};
 use devices::virtio::balloon::BalloonConfig;
 use devices::virtio::block::BlockConfig;
 use devices::virtio::mem::{MemConfig, MIN_BLOCK_SIZE};
@@ -76,6 +77,9 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     pub balloon: Option<BalloonConfig>,
     pub virtio_mems: Vec<MemConfig>,
+    /// Devices served by vhost-user back ends, after the in-process ones.
+    pub vhost_user_blks: Vec<VhostUserBlkConfig>,
+    pub vhost_user_nets: Vec<VhostUserNetConfig>,
     pub serial: SerialConfig,
     /// Per NIC: whether `mac=` was given. A restore keeps the saved MAC of a
     /// NIC whose MAC was made up at random on the command line.
@@ -97,9 +101,28 @@ pub struct RawOptions {
     pub nets: Vec<String>,
     pub balloon: Option<String>,
     pub virtio_mems: Vec<String>,
+    pub vhost_user_blks: Vec<String>,
+    pub vhost_user_nets: Vec<String>,
     pub serial: String,
     /// `--vmgenid on|off`; None means the default, on.
     pub vmgenid: Option<String>,
+}
+
+/// Request queues of one vhost-user-blk device (each a virtio-mmio queue).
+pub const MAX_VHOST_USER_QUEUES: u16 = 16;
+
+/// `socket=P`, which must name a listening unix socket (the daemon runs
+/// before the VM starts).
+fn vhost_user_socket(kv: &KvList, start: &str) -> Result<PathBuf, KvError> {
+    let p = kv.require("socket", "give the back end's socket: socket=PATH")?;
+    if p.is_empty() {
+        return Err(kv.bad(
+            "socket",
+            p,
+            format!("give the back end's socket, e.g. start `{start}` first"),
+        ));
+    }
+    Ok(PathBuf::from(p))
 }
 
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -304,6 +327,63 @@ impl VmConfig {
             });
         }
 
+        let mut vhost_user_blks = Vec::new();
+        for (i, text) in raw.vhost_user_blks.iter().enumerate() {
+            let kv = KvList::parse(
+                "--vhost-user-blk",
+                text,
+                &["socket", "id", "queues"],
+                "socket=/run/vu-blk.sock,queues=2",
+            )?;
+            let socket = vhost_user_socket(&kv, "vhost-user-blk --socket P --image disk.img")?;
+            let id = kv
+                .get("id")
+                .map_or_else(|| format!("vublk{i}"), str::to_string);
+            valid_id(&kv, &id)?;
+            let queues = match kv.get("queues") {
+                None => 1,
+                Some(q) => q
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|n| (1..=MAX_VHOST_USER_QUEUES).contains(n))
+                    .ok_or_else(|| {
+                        kv.bad(
+                            "queues",
+                            q,
+                            format!("use 1 to {MAX_VHOST_USER_QUEUES} request queues"),
+                        )
+                    })?,
+            };
+            vhost_user_blks.push(VhostUserBlkConfig {
+                id: claim("--vhost-user-blk", id)?,
+                socket,
+                queues,
+            });
+        }
+        let mut vhost_user_nets = Vec::new();
+        for (i, text) in raw.vhost_user_nets.iter().enumerate() {
+            let kv = KvList::parse(
+                "--vhost-user-net",
+                text,
+                &["socket", "mac", "id"],
+                "socket=/run/vu-net.sock,mac=52:54:00:12:34:56",
+            )?;
+            let socket = vhost_user_socket(&kv, "vhost-user-net --socket P --tap tap0")?;
+            let mac = match kv.get("mac") {
+                Some(m) => parse_mac(&kv, m)?,
+                None => random_mac(),
+            };
+            let id = kv
+                .get("id")
+                .map_or_else(|| format!("vunet{i}"), str::to_string);
+            valid_id(&kv, &id)?;
+            vhost_user_nets.push(VhostUserNetConfig {
+                id: claim("--vhost-user-net", id)?,
+                socket,
+                mac,
+            });
+        }
+
         let balloon = match &raw.balloon {
             None => None,
             Some(text) => {
@@ -425,6 +505,8 @@ impl VmConfig {
             nets,
             balloon,
             virtio_mems,
+            vhost_user_blks,
+            vhost_user_nets,
             serial,
             mac_given,
             vmgenid,
@@ -486,6 +568,12 @@ impl VmConfig {
         for m in &self.virtio_mems {
             reqs.extend(m.ram_requirements());
         }
+        for v in &self.vhost_user_blks {
+            reqs.extend(v.ram_requirements());
+        }
+        for v in &self.vhost_user_nets {
+            reqs.extend(v.ram_requirements());
+        }
         reqs
     }
 
@@ -528,7 +616,7 @@ impl VmConfig {
         let n = self.virtio_device_count();
         if n > layout::MAX_VIRTIO_DEVICES {
             return Err(invalid(
-                "--disk/--net/--balloon/--virtio-mem",
+                "--disk/--net/--balloon/--virtio-mem/--vhost-user-*",
                 format!(
                     "{n} virtio devices asked, and the platform has interrupts for {}; use fewer devices",
                     layout::MAX_VIRTIO_DEVICES
@@ -544,6 +632,8 @@ impl VmConfig {
             + self.nets.len()
             + usize::from(self.balloon.is_some())
             + self.virtio_mems.len()
+            + self.vhost_user_blks.len()
+            + self.vhost_user_nets.len()
     }
 
     /// The resolved configuration, as `--dry-run` prints it.
@@ -602,6 +692,24 @@ impl VmConfig {
                 format_size(m.block_size),
                 m.backing,
                 base.0
+            );
+        }
+        for v in &self.vhost_user_blks {
+            let _ = writeln!(
+                s,
+                "vhost-user-blk: id={},socket={},queues={}",
+                v.id,
+                v.socket.display(),
+                v.queues
+            );
+        }
+        for v in &self.vhost_user_nets {
+            let _ = writeln!(
+                s,
+                "vhost-user-net: id={},socket={},mac={}",
+                v.id,
+                v.socket.display(),
+                format_mac(&v.mac)
             );
         }
         let serial = match &self.serial {

@@ -9,6 +9,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use devices::vhost_user::VhostUserDevice;
 use devices::virtio::net::Net;
 use devices::virtio::VirtioDevice;
 use log::{debug, warn};
@@ -30,6 +31,13 @@ enum Source {
     },
     /// Packets may be waiting on a TAP.
     Tap { name: String, net: Arc<Mutex<Net>> },
+    /// A vhost-user back end used buffers of `queue` and signalled.
+    Call {
+        name: String,
+        device: Arc<Mutex<VhostUserDevice>>,
+        queue: u16,
+        evt: EventFd,
+    },
     /// Host input for COM1.
     Stdin { serial: Arc<Mutex<SerialDevice>> },
     /// The VM is ending: leave the loop.
@@ -151,6 +159,28 @@ impl EventLoop {
         )
     }
 
+    /// A vhost-user back end's call eventfd for `queue`: the interrupt is
+    /// raised here, with InterruptStatus set, rather than by KVM's irqfd.
+    pub fn add_call(
+        &mut self,
+        name: &str,
+        device: Arc<Mutex<VhostUserDevice>>,
+        queue: u16,
+        evt: EventFd,
+    ) -> io::Result<()> {
+        let fd = evt.as_raw_fd();
+        self.add(
+            fd,
+            EventSet::IN,
+            Source::Call {
+                name: name.to_string(),
+                device,
+                queue,
+                evt,
+            },
+        )
+    }
+
     /// Edge-triggered: `Net::process_rx` reads the TAP until it is empty or
     /// the guest has no buffers; the guest's next RX kick resumes it.
     pub fn add_tap(&mut self, name: &str, net: Arc<Mutex<Net>>) -> io::Result<()> {
@@ -245,6 +275,16 @@ impl EventLoop {
                 }
             }
             Source::Tap { name, net } => lock(net, name).process_rx(),
+            Source::Call {
+                name,
+                device,
+                queue,
+                evt,
+            } => {
+                if evt.read().is_ok() {
+                    lock(device, name).backend_called(*queue);
+                }
+            }
             Source::Stdin { serial } => {
                 let mut buf = [0u8; 64];
                 match io::stdin().lock().read(&mut buf) {

@@ -237,6 +237,26 @@ struct VmArgs {
         verbatim_doc_comment
     )]
     virtio_mem: Vec<String>,
+    /// Disk served by a vhost-user back end: socket=PATH[,id=ID][,queues=N]. Repeatable.
+    ///
+    /// The back end (vhost-user-blk, qemu-storage-daemon ...) must be listening.
+    /// Guest RAM must be shareable (backing=memfd, or backing=file,share=on); other RAM is refused.
+    #[arg(
+        long = "vhost-user-blk",
+        value_name = "KEY=VALUE,...",
+        verbatim_doc_comment
+    )]
+    vhost_user_blk: Vec<String>,
+    /// NIC served by a vhost-user back end: socket=PATH[,mac=MAC][,id=ID]. Repeatable.
+    ///
+    /// The back end (vhost-user-net ...) must be listening; one queue pair.
+    /// Guest RAM must be shareable, as for --vhost-user-blk.
+    #[arg(
+        long = "vhost-user-net",
+        value_name = "KEY=VALUE,...",
+        verbatim_doc_comment
+    )]
+    vhost_user_net: Vec<String>,
     /// Where COM1 goes: stdio, file=PATH or off.
     #[arg(long, value_name = "stdio|file=P|off", default_value = "stdio")]
     serial: String,
@@ -268,6 +288,8 @@ impl VmArgs {
             nets: self.net.clone(),
             balloon: self.balloon.clone(),
             virtio_mems: self.virtio_mem.clone(),
+            vhost_user_blks: self.vhost_user_blk.clone(),
+            vhost_user_nets: self.vhost_user_net.clone(),
             serial: self.serial.clone(),
             vmgenid: Some(self.vmgenid.clone()),
         }

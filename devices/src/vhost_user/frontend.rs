@@ -242,3 +242,10 @@ impl BackendConnection {
         self.queues
     }
 }
+
+impl AsRawFd for BackendConnection {
+    /// The connection's socket, to watch for the back end hanging up.
+    fn as_raw_fd(&self) -> std::os::unix::io::RawFd {
+        self.frontend.as_raw_fd()
+    }
+}

@@ -5,12 +5,16 @@
 
 pub mod block;
 pub mod cli;
+mod config;
+mod device;
 pub mod frontend;
 mod kick_watch;
 pub mod net;
 pub mod serve;
 
 pub use block::{BlockBackend, BlockDaemonConfig};
+pub use config::{VhostUserBlkConfig, VhostUserNetConfig};
+pub use device::{watch_backend, VhostUserDevice, VhostUserDeviceError};
 pub use net::{NetBackend, NetDaemonConfig};
 pub use serve::{serve, DaemonDevice, ServeError};
 

@@ -43,7 +43,10 @@ impl Daemon {
             .arg("--socket")
             .arg(socket)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -93,6 +96,12 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if thread::panicking() {
+            // The daemon's side of a failure, after the test's own message.
+            thread::sleep(Duration::from_millis(100));
+            self.seen.extend(self.lines.try_iter());
+            eprintln!("daemon log:\n{}", self.seen.join("\n"));
+        }
     }
 }
 

@@ -175,6 +175,10 @@ pub fn start_outgoing(ctl: &Arc<Controller>, uri: StreamUri) -> Result<(), Strin
 /// that may be too small is only reported (all-zero pages are not written,
 /// and a failed save resumes the VM).
 fn check_target(ctl: &Controller, uri: &StreamUri) -> Result<(), String> {
+    let vhost_user = ctl.with_machine(|m| Ok(m.vhost_user_devices()))?;
+    if let Some(name) = vhost_user.first() {
+        return Err(crate::snapshot::SnapshotError::NotSaveable(name.clone()).to_string());
+    }
     let (mode, ignore_shared) = {
         let m = lock(&ctl.migration);
         (m.mode, m.ignore_shared)

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use devices::ram::GuestRam;
+use devices::vhost_user::{watch_backend, VhostUserDevice};
 use devices::virtio::balloon::Balloon;
 use devices::virtio::block::Block;
 use devices::virtio::mem::{Mem, MemRestoreArgs};
@@ -69,6 +70,7 @@ impl Wiring<'_> {
             DeviceHandle::Net(d) => d.clone(),
             DeviceHandle::Balloon(d) => d.clone(),
             DeviceHandle::Mem(d) => d.clone(),
+            DeviceHandle::VhostUser(d) => d.clone(),
         };
         let (base, gsi) = layout::virtio_mmio_slot(self.slots.len());
         let irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
@@ -82,15 +84,35 @@ impl Wiring<'_> {
                 .map_err(|e| device_err(&name, e))?;
             self.events.kick_at_start(&name, device.clone());
         }
+        let mut kicks = Vec::new();
         for (q, evt) in transport.queue_evts().iter().enumerate() {
             self.vm
                 .register_mmio_ioevent(evt, base + NOTIFY_OFFSET, q as u32)?;
             let evt = evt
                 .try_clone()
                 .map_err(host("duplicating a queue eventfd"))?;
+            if matches!(handle, DeviceHandle::VhostUser(_)) {
+                // The back end reads the kicks itself.
+                kicks.push(evt);
+                continue;
+            }
             self.events
                 .add_queue(&name, device.clone(), q as u16, evt)
                 .map_err(host("watching a queue eventfd"))?;
+        }
+        if let DeviceHandle::VhostUser(vu) = &handle {
+            let calls = {
+                let mut d = lock(vu, &name);
+                d.set_kicks(kicks);
+                d.call_evts()
+                    .map_err(host("duplicating a vhost-user call eventfd"))?
+            };
+            for (q, evt) in calls.into_iter().enumerate() {
+                self.events
+                    .add_call(&name, vu.clone(), q as u16, evt)
+                    .map_err(host("watching a vhost-user call eventfd"))?;
+            }
+            watch_backend(vu).map_err(host("starting the vhost-user back end watch"))?;
         }
         if let DeviceHandle::Net(net) = &handle {
             self.events
@@ -328,6 +350,26 @@ fn virtio_devices(
             name,
             DeviceHandle::Mem(Arc::new(Mutex::new(dev))),
         ));
+    }
+    if saved.is_none() {
+        for v in &cfg.vhost_user_blks {
+            let name = format!("--vhost-user-blk id={}", v.id);
+            let dev = VhostUserDevice::blk(v, ram.clone()).map_err(|e| device_err(&name, e))?;
+            out.push((
+                v.id.clone(),
+                name,
+                DeviceHandle::VhostUser(Arc::new(Mutex::new(dev))),
+            ));
+        }
+        for v in &cfg.vhost_user_nets {
+            let name = format!("--vhost-user-net id={}", v.id);
+            let dev = VhostUserDevice::net(v, ram.clone()).map_err(|e| device_err(&name, e))?;
+            out.push((
+                v.id.clone(),
+                name,
+                DeviceHandle::VhostUser(Arc::new(Mutex::new(dev))),
+            ));
+        }
     }
     Ok(out)
 }

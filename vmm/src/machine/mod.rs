@@ -12,6 +12,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use devices::ram::GuestRam;
+use devices::vhost_user::VhostUserDevice;
 use devices::virtio::balloon::Balloon;
 use devices::virtio::block::Block;
 use devices::virtio::mem::Mem;
@@ -78,6 +79,8 @@ pub enum DeviceHandle {
     Net(Arc<Mutex<Net>>),
     Balloon(Arc<Mutex<Balloon>>),
     Mem(Arc<Mutex<Mem>>),
+    /// Served by a vhost-user back end; its state lives there.
+    VhostUser(Arc<Mutex<VhostUserDevice>>),
 }
 
 /// One device on virtio-mmio, in window order.
@@ -183,6 +186,15 @@ impl Machine {
 
     pub fn device(&self, id: &str) -> Option<&DeviceHandle> {
         self.slots.iter().find(|s| s.id == id).map(|s| &s.device)
+    }
+
+    /// How logs name each device a vhost-user back end serves.
+    pub fn vhost_user_devices(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s.device, DeviceHandle::VhostUser(_)))
+            .map(|s| s.name.clone())
+            .collect()
     }
 
     pub fn balloon(&self) -> Option<&Arc<Mutex<Balloon>>> {

@@ -22,6 +22,8 @@ pub enum SnapshotError {
     Ram(#[from] devices::ram::GuestRamError),
     #[error("the VM is running; pause it (QMP stop) before saving")]
     Running,
+    #[error("{0} cannot be saved: its rings and requests in flight live in the vhost-user back end's process; a VM with vhost-user devices cannot be snapshotted, checkpointed or made a template (use the in-process --disk/--net for that)")]
+    NotSaveable(String),
     #[error("{}", .0.join("\n"))]
     ConfigMismatch(Vec<String>),
     #[error("snapshot section '{name}' cannot be decoded: {reason}; the file was written by another VMM version or is damaged")]

@@ -147,6 +147,9 @@ pub fn save<W: Write>(
             DeviceHandle::Net(d) => lock(d, &slot.name).save_bytes(),
             DeviceHandle::Balloon(d) => lock(d, &slot.name).save_bytes(),
             DeviceHandle::Mem(d) => lock(d, &slot.name).save_bytes(),
+            DeviceHandle::VhostUser(_) => {
+                return Err(SnapshotError::NotSaveable(slot.name.clone()))
+            }
         };
         w.section(&format!("device:{}", slot.id), &bytes)?;
     }

@@ -249,6 +249,10 @@ pub fn clone(args: CloneArgs) -> Result<RunEnd, TemplateError> {
                 )
             })
             .collect(),
+        // A clone's RAM is private: vhost-user cannot serve it (the
+        // template's creation refused such devices).
+        vhost_user_blks: Vec::new(),
+        vhost_user_nets: Vec::new(),
         serial: args.serial.clone(),
         vmgenid: Some(if args.vmgenid { "on" } else { "off" }.into()),
     };

@@ -267,6 +267,7 @@ mod tests {
     /// it runs), and its pid is the one /proc/locks shows.
     struct Locker {
         child: Child,
+        path: PathBuf,
     }
 
     impl Locker {
@@ -290,7 +291,10 @@ mod tests {
                     return None;
                 }
             };
-            let locker = Locker { child };
+            let locker = Locker {
+                child,
+                path: path.to_path_buf(),
+            };
             let want = Holder {
                 pid: locker.pid(),
                 kind,
@@ -321,6 +325,18 @@ mod tests {
             // SAFETY: plain syscall on a pid we spawned.
             unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
             let _ = self.child.wait();
+            // Measured on a loaded host: /proc/locks can still list the
+            // lock for a moment after its owner was reaped (the kernel
+            // finishes closing a killed task's files asynchronously).
+            // Wait for it to go, so the next assertion sees the state
+            // this Locker promises.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while holders(&self.path).is_ok_and(|h| h.iter().any(|h| h.pid == self.pid())) {
+                if Instant::now() > deadline || std::thread::panicking() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 
