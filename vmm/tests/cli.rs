@@ -185,6 +185,24 @@ fn policy_refusals_print_the_documented_messages() {
             "--memory",
             "size=1G,backing=file,path=/srv/template/ram,readonly=on,rom=on",
         ],
+        &[
+            "--memory",
+            clone,
+            "--vhost-user-blk",
+            "socket=/run/vu.sock,id=vu0",
+        ],
+        &[
+            "--memory",
+            "size=1G",
+            "--vhost-user-net",
+            "socket=/run/vu.sock,id=vu0",
+        ],
+        &[
+            "--memory",
+            "size=1G,backing=memfd,share=off",
+            "--vhost-user-blk",
+            "socket=/run/vu.sock,id=vu0",
+        ],
     ];
     for extra in cases {
         let mut args = vec!["run", "--kernel", &kernel, "--dry-run"];
@@ -283,6 +301,34 @@ fn template_clone_file_checks() {
 }
 
 #[test]
+fn vhost_user_devices_pass_the_policy_on_shared_ram() {
+    let d = Dir::new();
+    let kernel = d.kernel();
+    let o = vmm(&[
+        "run",
+        "--kernel",
+        &kernel,
+        "--dry-run",
+        "--memory",
+        "size=256M,backing=memfd",
+        "--vhost-user-blk",
+        "socket=/run/vu-blk.sock,queues=4",
+        "--vhost-user-net",
+        "socket=/run/vu-net.sock,mac=52:54:00:00:00:09,id=n1",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("vhost-user-blk: id=vublk0,socket=/run/vu-blk.sock,queues=4"),
+        "{out}"
+    );
+    assert!(
+        out.contains("vhost-user-net: id=n1,socket=/run/vu-net.sock,mac=52:54:00:00:00:09"),
+        "{out}"
+    );
+}
+
+#[test]
 fn bad_options_get_one_clear_line() {
     let d = Dir::new();
     let kernel = d.kernel();
@@ -304,6 +350,9 @@ fn bad_options_get_one_clear_line() {
         (vec!["--memory".into(), "size=1G".into(), "--disk".into(), "path=x,id=a".into(), "--net".into(), "tap=t,id=a".into()], "id 'a' is used by another device"),
         (vec!["--memory".into(), "size=1G".into(), "--serial".into(), "pty".into()], "--serial: 'pty' is not stdio, file=PATH or off"),
         (vec!["--memory".into(), "size=1G".into(), "--cpus".into(), "0".into()], "--cpus: 0 is out of range"),
+        (vec!["--memory".into(), "size=1G,backing=memfd".into(), "--vhost-user-blk".into(), "id=a".into()], "--vhost-user-blk: missing socket=; give the back end's socket"),
+        (vec!["--memory".into(), "size=1G,backing=memfd".into(), "--vhost-user-blk".into(), "socket=/s,queues=0".into()], "queues=0 is not valid: use 1 to 16"),
+        (vec!["--memory".into(), "size=1G,backing=memfd".into(), "--vhost-user-net".into(), "socket=/s,mac=ff:ff:ff:ff:ff:ff".into()], "multicast"),
     ];
     for (extra, want) in cases {
         let mut args: Vec<String> = vec![
