@@ -280,6 +280,9 @@ lab_l2_cmd() {
             else
                 _extra="$_extra --virtio-mem $(lab_q "$2")"
             fi ;;
+        --vhost-user-blk | --vhost-user-net)
+            [ "$LAB_VMM" = vmm ] || { echo "lab_l2: $1 is for vmm only" >&2; return 1; }
+            _extra="$_extra $1 $(lab_q "$2")" ;;
         *) echo "lab_l2: unknown option $1" >&2; return 1 ;;
         esac
         shift 2
