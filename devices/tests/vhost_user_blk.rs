@@ -192,6 +192,37 @@ fn writes_reach_the_image_reads_come_back_and_the_call_eventfd_fires() {
 }
 
 #[test]
+fn with_direct_aligned_and_unaligned_requests_both_reach_the_image() {
+    let dir = Scratch::new("direct");
+    let img = image(&dir.0, 4 * MIB);
+    let sock = dir.0.join("blk.sock");
+    let mut d = Daemon::start(
+        DAEMON,
+        &sock,
+        &["--image", img.to_str().unwrap(), "--direct"],
+    );
+    assert!(
+        d.seen.iter().any(|l| l.contains("O_DIRECT")),
+        "{:?}",
+        d.seen
+    );
+    let mut f = Front::shared(&sock);
+    let small = pattern(512, 21);
+    let big = pattern(64 << 10, 22);
+    for (sector, data) in [(1u64, &small), (64, &big)] {
+        let (status, _) = f.request(VIRTIO_BLK_T_OUT, sector, Some((data, true)));
+        assert_eq!(status, VIRTIO_BLK_S_OK as u8);
+        assert_eq!(&f.read(sector, data.len()), data);
+        let mut on_disk = vec![0u8; data.len()];
+        fs::File::open(&img)
+            .unwrap()
+            .read_exact_at(&mut on_disk, sector * 512)
+            .unwrap();
+        assert_eq!(&on_disk, data, "sector {sector}");
+    }
+}
+
+#[test]
 fn a_second_front_end_is_served_after_the_first_goes_away() {
     let dir = Scratch::new("reconnect");
     let img = image(&dir.0, 4 * MIB);

@@ -31,6 +31,11 @@ struct Args {
     /// Open the image read-only and offer VIRTIO_BLK_F_RO; writes fail.
     #[arg(long)]
     readonly: bool,
+    /// Bypass the host page cache (O_DIRECT) for reads and writes aligned to
+    /// 4 KiB; smaller or unaligned ones still go through it. FLUSH still
+    /// fsyncs, for the file's metadata and the cached ones.
+    #[arg(long)]
+    direct: bool,
     /// Request queues, each served by its own thread (1 to 64).
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=MAX_QUEUES as i64))]
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
     let config = BlockDaemonConfig {
         image: args.image,
         readonly: args.readonly,
+        direct: args.direct,
         queues: args.queues,
         queue_size: args.queue_size,
         serial: args.serial,
@@ -70,10 +76,11 @@ fn main() -> ExitCode {
         Err(e) => return devices::vhost_user::cli::fail("vhost-user-blk", &e),
     };
     log::info!(
-        "vhost-user-blk: {} ({} sectors{}), {} queue(s) of up to {}",
+        "vhost-user-blk: {} ({} sectors{}{}), {} queue(s) of up to {}",
         config.image.display(),
         backend.capacity_sectors(),
         if config.readonly { ", read-only" } else { "" },
+        if config.direct { ", O_DIRECT" } else { "" },
         config.queues,
         config.queue_size
     );

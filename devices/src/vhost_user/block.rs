@@ -29,6 +29,8 @@ use crate::virtio::VIRTIO_F_VERSION_1;
 pub struct BlockDaemonConfig {
     pub image: PathBuf,
     pub readonly: bool,
+    /// O_DIRECT for requests aligned to 4 KiB.
+    pub direct: bool,
     pub queues: u16,
     pub queue_size: u16,
     /// Reported to GET_ID (cut to 20 bytes).
@@ -60,7 +62,7 @@ struct Inner {
 impl BlockBackend {
     /// Opens the image; the configuration is checked by the caller.
     pub fn new(config: &BlockDaemonConfig) -> Result<BlockBackend, BlockError> {
-        let disk = Disk::open(&config.image, config.readonly)?;
+        let disk = Disk::open_with(&config.image, config.readonly, config.direct)?;
         let name = format!("vhost-user-blk {}", config.image.display());
         Ok(BlockBackend(Arc::new(Inner {
             serial: serial_id(&config.serial),

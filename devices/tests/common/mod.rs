@@ -33,7 +33,8 @@ impl Drop for Scratch {
 pub struct Daemon {
     pub child: Child,
     lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    /// Every line waited through so far.
+    pub seen: Vec<String>,
 }
 
 impl Daemon {

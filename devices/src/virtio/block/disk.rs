@@ -5,7 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +16,10 @@ pub const SECTOR_SIZE: u64 = 1 << SECTOR_SHIFT;
 
 /// Largest zero-fill buffer; bounds host memory use when fallocate is unavailable.
 const ZERO_CHUNK: usize = 1 << 20;
+
+/// What O_DIRECT needs of buffer address, file offset and length on any
+/// host disk (4 KiB logical blocks included).
+pub const DIRECT_ALIGN: usize = 4096;
 
 #[derive(Debug, Error)]
 pub enum BlockError {
@@ -41,22 +45,39 @@ pub enum BlockError {
 /// An open image and its fixed size.
 pub struct Disk {
     file: File,
+    /// The same image opened with O_DIRECT, for requests aligned to
+    /// [`DIRECT_ALIGN`]; the others go through `file` and the page cache.
+    direct: Option<File>,
     capacity_sectors: u64,
     readonly: bool,
 }
 
 impl Disk {
     pub fn open(path: &Path, readonly: bool) -> Result<Self, BlockError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!readonly)
-            .open(path)
-            .map_err(|source| BlockError::Open {
-                path: path.to_path_buf(),
-                readonly,
-                hint: open_hint(&source, readonly),
-                source,
-            })?;
+        Disk::open_with(path, readonly, false)
+    }
+
+    /// With `direct`, aligned reads and writes bypass the host page cache.
+    pub fn open_with(path: &Path, readonly: bool, direct: bool) -> Result<Self, BlockError> {
+        let open = |flags: i32| {
+            OpenOptions::new()
+                .read(true)
+                .write(!readonly)
+                .custom_flags(flags)
+                .open(path)
+                .map_err(|source| BlockError::Open {
+                    path: path.to_path_buf(),
+                    readonly,
+                    hint: open_hint(&source, readonly),
+                    source,
+                })
+        };
+        let file = open(0)?;
+        let direct = if direct {
+            Some(open(libc::O_DIRECT)?)
+        } else {
+            None
+        };
         let meta = file.metadata().map_err(|source| BlockError::Metadata {
             path: path.to_path_buf(),
             source,
@@ -78,6 +99,7 @@ impl Disk {
         }
         Ok(Disk {
             file,
+            direct,
             capacity_sectors: size >> SECTOR_SHIFT,
             readonly,
         })
@@ -91,12 +113,26 @@ impl Disk {
         self.readonly
     }
 
+    /// The fd for a transfer of `buf` at `offset`: the O_DIRECT one when
+    /// there is one and everything is aligned for it.
+    fn fd_for(&self, buf: &[u8], offset: u64) -> &File {
+        match &self.direct {
+            Some(d)
+                if (buf.as_ptr() as usize | buf.len()) % DIRECT_ALIGN == 0
+                    && offset % DIRECT_ALIGN as u64 == 0 =>
+            {
+                d
+            }
+            _ => &self.file,
+        }
+    }
+
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        self.fd_for(buf, offset).read_exact_at(buf, offset)
     }
 
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        self.fd_for(buf, offset).write_all_at(buf, offset)
     }
 
     pub fn flush(&self) -> io::Result<()> {

@@ -21,7 +21,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
-use super::disk::{Disk, SECTOR_SHIFT, SECTOR_SIZE};
+use super::disk::{Disk, DIRECT_ALIGN, SECTOR_SHIFT, SECTOR_SIZE};
 
 pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 const HEADER_LEN: usize = 16;
@@ -228,16 +228,17 @@ fn execute<M: GuestMemoryBackend>(
         VIRTIO_BLK_T_IN => {
             let len = writer.remaining();
             let offset = sector_range(disk, sector, len, "read data")?;
-            let mut buf = vec![0u8; len.min(IO_CHUNK)];
-            let mut done = 0;
-            while done < len {
-                let n = (len - done).min(IO_CHUNK);
-                disk.read_exact_at(&mut buf[..n], offset + done as u64)
-                    .map_err(RequestError::Disk)?;
-                writer.write(&buf[..n])?;
-                done += n;
-            }
-            Ok(stream_len(len))
+            with_bounce(|buf| {
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(IO_CHUNK);
+                    disk.read_exact_at(&mut buf[..n], offset + done as u64)
+                        .map_err(RequestError::Disk)?;
+                    writer.write(&buf[..n])?;
+                    done += n;
+                }
+                Ok(stream_len(len))
+            })
         }
         VIRTIO_BLK_T_OUT => {
             if disk.readonly() {
@@ -245,16 +246,17 @@ fn execute<M: GuestMemoryBackend>(
             }
             let len = reader.remaining();
             let offset = sector_range(disk, sector, len, "write data")?;
-            let mut buf = vec![0u8; len.min(IO_CHUNK)];
-            let mut done = 0;
-            while done < len {
-                let n = (len - done).min(IO_CHUNK);
-                reader.read(&mut buf[..n])?;
-                disk.write_all_at(&buf[..n], offset + done as u64)
-                    .map_err(RequestError::Disk)?;
-                done += n;
-            }
-            Ok(0)
+            with_bounce(|buf| {
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(IO_CHUNK);
+                    reader.read(&mut buf[..n])?;
+                    disk.write_all_at(&buf[..n], offset + done as u64)
+                        .map_err(RequestError::Disk)?;
+                    done += n;
+                }
+                Ok(0)
+            })
         }
         VIRTIO_BLK_T_FLUSH => {
             disk.flush().map_err(RequestError::Disk)?;
@@ -438,6 +440,50 @@ impl<'a, M: GuestMemoryBackend> GuestStream<'a, M> {
             return Ok((addr, n));
         }
     }
+}
+
+/// One bounce buffer per thread, aligned for O_DIRECT, reused by every
+/// request the thread serves (allocating 128 KiB per request cost an mmap
+/// and a munmap each time).
+struct Bounce {
+    ptr: std::ptr::NonNull<u8>,
+}
+
+impl Bounce {
+    const LAYOUT: std::alloc::Layout =
+        match std::alloc::Layout::from_size_align(IO_CHUNK, DIRECT_ALIGN) {
+            Ok(l) => l,
+            Err(_) => panic!("IO_CHUNK and DIRECT_ALIGN make a valid layout"),
+        };
+
+    fn new() -> Bounce {
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(Self::LAYOUT) };
+        let ptr = std::ptr::NonNull::new(p)
+            .unwrap_or_else(|| std::alloc::handle_alloc_error(Self::LAYOUT));
+        Bounce { ptr }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the allocation holds IO_CHUNK initialised bytes, owned by
+        // this value and borrowed mutably through it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), IO_CHUNK) }
+    }
+}
+
+impl Drop for Bounce {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with the same layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::LAYOUT) }
+    }
+}
+
+thread_local! {
+    static BOUNCE: std::cell::RefCell<Bounce> = std::cell::RefCell::new(Bounce::new());
+}
+
+fn with_bounce<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    BOUNCE.with(|b| f(b.borrow_mut().as_mut_slice()))
 }
 
 /// A stream length as a used length; a chain carries under 4 GiB, so this never saturates.
