@@ -118,8 +118,8 @@ impl Disk {
     fn fd_for(&self, buf: &[u8], offset: u64) -> &File {
         match &self.direct {
             Some(d)
-                if (buf.as_ptr() as usize | buf.len()) % DIRECT_ALIGN == 0
-                    && offset % DIRECT_ALIGN as u64 == 0 =>
+                if (buf.as_ptr() as usize | buf.len()).is_multiple_of(DIRECT_ALIGN)
+                    && offset.is_multiple_of(DIRECT_ALIGN as u64) =>
             {
                 d
             }
