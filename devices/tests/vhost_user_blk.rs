@@ -196,7 +196,7 @@ fn with_direct_aligned_and_unaligned_requests_both_reach_the_image() {
     let dir = Scratch::new("direct");
     let img = image(&dir.0, 4 * MIB);
     let sock = dir.0.join("blk.sock");
-    let mut d = Daemon::start(
+    let d = Daemon::start(
         DAEMON,
         &sock,
         &["--image", img.to_str().unwrap(), "--direct"],
