@@ -43,6 +43,12 @@ struct Args {
     /// Largest ring size a front end may choose (a power of two, 1 to 32768).
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = queue_size)]
     queue_size: u16,
+    /// Threads that run requests in parallel when several wait (0: each
+    /// queue's worker runs them one by one). A lone request always runs on
+    /// its queue's worker, for the lowest latency.
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(0..=256))]
+    io_threads: u16,
     /// Serial number the guest reads with GET_ID (up to 20 bytes).
     #[arg(long, value_name = "TEXT", default_value = "vhost-user-blk")]
     serial: String,
@@ -61,7 +67,7 @@ fn queue_size(s: &str) -> Result<u16, String> {
 }
 
 fn main() -> ExitCode {
-    devices::vhost_user::cli::init_logging();
+    devices::vhost_user::cli::init();
     let args = Args::parse();
     let config = BlockDaemonConfig {
         image: args.image,
@@ -70,6 +76,7 @@ fn main() -> ExitCode {
         queues: args.queues,
         queue_size: args.queue_size,
         serial: args.serial,
+        io_threads: usize::from(args.io_threads),
     };
     let backend = match BlockBackend::new(&config) {
         Ok(b) => b,

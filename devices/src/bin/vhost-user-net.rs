@@ -61,7 +61,7 @@ fn mac(s: &str) -> Result<[u8; 6], String> {
 }
 
 fn main() -> ExitCode {
-    devices::vhost_user::cli::init_logging();
+    devices::vhost_user::cli::init();
     let args = Args::parse();
     let config = NetDaemonConfig {
         tap: args.tap,

@@ -3,13 +3,14 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::thread;
 
 use log::{error, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -19,7 +20,7 @@ use vmm_sys_util::event::{
 use super::kick_watch::KickWatch;
 use super::serve::DaemonDevice;
 use crate::virtio::block::{
-    config_space, offered_features, process_queue, serial_id, BlockError, Disk, CONFIG_SPACE_SIZE,
+    config_space, offered_features, serial_id, BlockError, Disk, Request, CONFIG_SPACE_SIZE,
     ID_BYTES,
 };
 use crate::virtio::VIRTIO_F_VERSION_1;
@@ -35,6 +36,17 @@ pub struct BlockDaemonConfig {
     pub queue_size: u16,
     /// Reported to GET_ID (cut to 20 bytes).
     pub serial: String,
+    /// Threads that run requests in parallel when a queue has several
+    /// waiting (0: each queue's worker runs its requests one by one).
+    pub io_threads: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockDaemonError {
+    #[error(transparent)]
+    Disk(#[from] BlockError),
+    #[error("cannot start the I/O threads: {0}; lower --io-threads or raise the process limit")]
+    Threads(io::Error),
 }
 
 /// Largest queue count: each queue gets a worker thread.
@@ -57,11 +69,43 @@ struct Inner {
     mem: Mutex<GuestMemoryAtomic<GuestMemoryMmap>>,
     watches: Vec<Mutex<KickWatch>>,
     gate: RwLock<()>,
+    pool: Option<IoPool>,
+    /// Requests handed to the pool and not yet completed, per queue.
+    in_flight: Vec<AtomicUsize>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads that run requests, shared by every queue: with O_DIRECT a
+/// request waits for the disk, and one at a time per queue would leave a
+/// deep queue as slow as a shallow one.
+struct IoPool {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl IoPool {
+    fn new(threads: usize, name: &str) -> io::Result<IoPool> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            thread::Builder::new()
+                .name(format!("{name} io{i}"))
+                .spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                })?;
+        }
+        Ok(IoPool { jobs })
+    }
 }
 
 impl BlockBackend {
     /// Opens the image; the configuration is checked by the caller.
-    pub fn new(config: &BlockDaemonConfig) -> Result<BlockBackend, BlockError> {
+    pub fn new(config: &BlockDaemonConfig) -> Result<BlockBackend, BlockDaemonError> {
         let disk = Disk::open_with(&config.image, config.readonly, config.direct)?;
         let name = format!("vhost-user-blk {}", config.image.display());
         Ok(BlockBackend(Arc::new(Inner {
@@ -80,6 +124,11 @@ impl BlockBackend {
                 .map(|_| Mutex::new(KickWatch::default()))
                 .collect(),
             gate: RwLock::new(()),
+            pool: match config.io_threads {
+                0 => None,
+                n => Some(IoPool::new(n, "vhost-user-blk").map_err(BlockDaemonError::Threads)?),
+            },
+            in_flight: (0..config.queues).map(|_| AtomicUsize::new(0)).collect(),
         })))
     }
 
@@ -87,35 +136,110 @@ impl BlockBackend {
         self.0.disk.capacity_sectors()
     }
 
+    /// Takes every request the driver made available. One request, with
+    /// none of this queue's still running, runs here (the lowest latency);
+    /// more go to the pool, to run in parallel and complete in any order.
     fn serve_queue(&self, queue_index: usize, vring: &VringRwLock) {
         let inner = &self.0;
         let _gate = inner.gate.read().unwrap_or_else(|e| e.into_inner());
         let mem = inner.mem.lock().unwrap_or_else(|e| e.into_inner()).memory();
-        let mut state = vring.get_mut();
-        let queue = state.get_queue_mut();
-        let served = process_queue(queue, &*mem, &inner.disk, &inner.serial);
-        let notify = match queue.needs_notification(&*mem) {
-            Ok(n) => n,
-            Err(e) => {
-                // An unreadable used-event field: interrupt rather than stall.
-                warn!("{}: queue {queue_index}: {e}", inner.name);
-                true
-            }
-        };
-        if served > 0 && notify {
-            if let Err(e) = state.signal_used_queue() {
-                error!(
-                    "{}: queue {queue_index}: signalling the front end: {e}",
-                    inner.name
-                );
-            }
-        }
-        drop(state);
+        let batch = take_requests(vring.get_mut().get_queue_mut(), &mem, &inner.name);
         inner.watches[queue_index]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .kicked(served, &inner.name, queue_index);
+            .kicked(batch.len(), &inner.name, queue_index);
+        let in_flight = &inner.in_flight[queue_index];
+        let pool = match &inner.pool {
+            Some(p) if batch.len() > 1 || in_flight.load(Ordering::Acquire) > 0 => p,
+            _ => {
+                let done: Vec<(u16, u32)> = batch
+                    .iter()
+                    .map(|r| (r.head(), r.run(&inner.disk, &inner.serial, &*mem)))
+                    .collect();
+                self.complete(queue_index, vring, &mem, &done);
+                return;
+            }
+        };
+        for request in batch {
+            in_flight.fetch_add(1, Ordering::AcqRel);
+            let me = self.clone();
+            let vring = vring.clone();
+            let mem = mem.clone();
+            let job: Job = Box::new(move || {
+                let inner = &me.0;
+                let gate = inner.gate.read().unwrap_or_else(|e| e.into_inner());
+                let len = request.run(&inner.disk, &inner.serial, &*mem);
+                me.complete(queue_index, &vring, &mem, &[(request.head(), len)]);
+                drop(gate);
+                inner.in_flight[queue_index].fetch_sub(1, Ordering::AcqRel);
+            });
+            if let Err(mpsc::SendError(job)) = pool.jobs.send(job) {
+                // The pool is gone (only at exit): run it here.
+                job();
+            }
+        }
     }
+
+    /// Returns finished requests to the driver and signals it if it asked.
+    fn complete(
+        &self,
+        queue_index: usize,
+        vring: &VringRwLock,
+        mem: &GuestMemoryMmap,
+        done: &[(u16, u32)],
+    ) {
+        if done.is_empty() {
+            return;
+        }
+        let name = &self.0.name;
+        let mut state = vring.get_mut();
+        let queue = state.get_queue_mut();
+        for &(head, len) in done {
+            if let Err(e) = queue.add_used(mem, head, len) {
+                warn!("{name}: queue {queue_index}: cannot return descriptor {head}: {e}");
+            }
+        }
+        let notify = queue.needs_notification(mem).unwrap_or_else(|e| {
+            // An unreadable used-event field: interrupt rather than stall.
+            warn!("{name}: queue {queue_index}: {e}");
+            true
+        });
+        if notify {
+            if let Err(e) = state.signal_used_queue() {
+                error!("{name}: queue {queue_index}: signalling the front end: {e}");
+            }
+        }
+    }
+}
+
+/// Every request available on `queue`, until the ring is empty with
+/// notifications re-enabled.
+fn take_requests(queue: &mut Queue, mem: &GuestMemoryMmap, name: &str) -> Vec<Request> {
+    let mut batch = Vec::new();
+    loop {
+        if let Err(e) = queue.disable_notification(mem) {
+            warn!("{name}: cannot suppress notifications: {e}");
+        }
+        let before = batch.len();
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            batch.push(Request::from_chain(chain));
+        }
+        match queue.enable_notification(mem) {
+            Ok(true) if batch.len() > before => {}
+            Ok(true) => {
+                // The avail index promises chains pop_descriptor_chain
+                // refuses (it is over a queue ahead); retrying would spin.
+                warn!("{name}: the driver's avail index is inconsistent; waiting for the next notification");
+                break;
+            }
+            Ok(false) => break,
+            Err(e) => {
+                warn!("{name}: cannot re-enable notifications: {e}");
+                break;
+            }
+        }
+    }
+    batch
 }
 
 impl VhostUserBackend for BlockBackend {

@@ -2,8 +2,11 @@
 
 use std::process::ExitCode;
 
-/// Logs to stderr at RUST_LOG's level, info by default.
-pub fn init_logging() {
+/// What a daemon does first: SIGTERM and SIGINT blocked before any thread
+/// starts (see [`super::serve::block_stop_signals`]), and logging to stderr
+/// at RUST_LOG's level, info by default.
+pub fn init() {
+    super::serve::block_stop_signals();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 }
 

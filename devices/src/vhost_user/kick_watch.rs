@@ -31,16 +31,27 @@ impl KickWatch {
             return false;
         }
         self.empty_kicks += 1;
-        // A driver kicks only after making buffers available, so a first
-        // kick that shows none means its writes are not in this mapping.
-        let suspicious = !self.ever_served || self.empty_kicks >= EMPTY_KICKS_AFTER_SERVICE;
+        // The first call after a ring starts is the framework's own look at
+        // it (for buffers added before it was enabled), not a kick. A driver
+        // kicks only after making buffers available, so a real kick that
+        // shows none, before any ever showed, means its writes are not in
+        // this mapping.
+        let suspicious = if self.ever_served {
+            self.empty_kicks >= EMPTY_KICKS_AFTER_SERVICE
+        } else {
+            self.empty_kicks >= 2
+        };
         if !suspicious || self.warned {
             return false;
         }
         self.warned = true;
         warn!(
             "{what}: queue {queue}: the driver kicked {} time(s) but its ring shows no new request in the memory this process mapped; the front end's guest RAM is probably private (share=off), so the guest's writes never reach this process. vhost-user needs share=on RAM (memory-backend-memfd or -file with share=on); the guest will wait for ever",
-            self.empty_kicks
+            if self.ever_served {
+                self.empty_kicks
+            } else {
+                self.empty_kicks - 1
+            }
         );
         true
     }
@@ -53,8 +64,17 @@ mod tests {
     #[test]
     fn a_first_kick_with_nothing_available_warns_once() {
         let mut w = KickWatch::default();
+        assert!(!w.kicked(0, "t", 0), "the look at a ring as it starts");
         assert!(w.kicked(0, "t", 0));
         assert!(!w.kicked(0, "t", 0), "one warning per ring");
+    }
+
+    #[test]
+    fn the_look_at_a_starting_ring_then_service_never_warns() {
+        let mut w = KickWatch::default();
+        assert!(!w.kicked(0, "t", 0));
+        assert!(!w.kicked(1, "t", 0));
+        assert!(!w.kicked(0, "t", 0));
     }
 
     #[test]

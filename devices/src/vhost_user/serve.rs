@@ -119,20 +119,26 @@ fn is_readonly_mapping(e: &io::Error) -> bool {
     }
 }
 
-/// A thread that waits for SIGTERM or SIGINT, lets requests in flight
-/// finish, makes the backend durable, removes the socket and exits 0.
-fn stop_on_signals<D: DaemonDevice>(device: D, socket: PathBuf) {
-    // SAFETY: plain signal-set manipulation on a local set; blocking the
-    // signals here (before any other thread exists) makes every thread
-    // inherit the mask, so only sigwait below receives them.
-    let set = unsafe {
+/// SIGTERM and SIGINT, blocked in the calling thread and so in every
+/// thread it starts afterwards. A daemon calls this first thing, before its
+/// device starts any thread, so that only [`serve`]'s signal thread ever
+/// receives them.
+pub fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-set manipulation on a local set.
+    unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
-    };
+    }
+}
+
+/// A thread that waits for SIGTERM or SIGINT, lets requests in flight
+/// finish, makes the backend durable, removes the socket and exits 0.
+fn stop_on_signals<D: DaemonDevice>(device: D, socket: PathBuf) {
+    let set = block_stop_signals();
     thread::spawn(move || {
         let mut sig = 0;
         // SAFETY: waits on a valid, initialised set.

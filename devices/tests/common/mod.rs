@@ -87,6 +87,13 @@ impl Daemon {
         );
     }
 
+    /// Every line logged so far, after a moment for the last ones to arrive.
+    pub fn all_lines(&mut self) -> &[String] {
+        thread::sleep(Duration::from_millis(200));
+        self.seen.extend(self.lines.try_iter());
+        &self.seen
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on the child's own pid.
         unsafe { libc::kill(self.child.id() as i32, sig) };

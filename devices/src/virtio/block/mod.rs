@@ -16,6 +16,6 @@ pub use device::{
 pub use disk::{BlockError, Disk, SECTOR_SIZE};
 pub use persist::BlockState;
 pub use request::{
-    process_queue, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS,
-    MAX_WRITE_ZEROES_SEG,
+    process_queue, Request, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
+    MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG,
 };

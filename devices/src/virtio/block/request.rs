@@ -141,18 +141,52 @@ pub fn process<M: GuestMemoryBackend>(
     mem: &M,
     chain: DescriptorChain<&M>,
 ) -> u32 {
-    let head = chain.head_index();
-    // Walked once: the guest may rewrite its descriptors while we work, so
-    // everything below uses this copy, validated once.
-    let descs: Vec<Descriptor> = chain.collect();
-    let Some(status_addr) = status_location(&descs, mem) else {
+    Request::from_chain(chain).run(disk, id, mem)
+}
+
+/// A request taken off the ring, to run now or on another thread.
+pub struct Request {
+    head: u16,
+    descs: Vec<Descriptor>,
+}
+
+impl Request {
+    /// Walks the chain once: the guest may rewrite its descriptors while
+    /// the request runs, so everything uses this copy, validated once.
+    pub fn from_chain<M: GuestMemoryBackend>(chain: DescriptorChain<&M>) -> Request {
+        Request {
+            head: chain.head_index(),
+            descs: chain.collect(),
+        }
+    }
+
+    /// The head descriptor, which the used entry names.
+    pub fn head(&self) -> u16 {
+        self.head
+    }
+
+    /// Runs the request against `disk` and writes its status; returns the
+    /// used length, as [`process`] does.
+    pub fn run<M: GuestMemoryBackend>(&self, disk: &Disk, id: &[u8; ID_BYTES], mem: &M) -> u32 {
+        run_descs(disk, id, mem, self.head, &self.descs)
+    }
+}
+
+fn run_descs<M: GuestMemoryBackend>(
+    disk: &Disk,
+    id: &[u8; ID_BYTES],
+    mem: &M,
+    head: u16,
+    descs: &[Descriptor],
+) -> u32 {
+    let Some(status_addr) = status_location(descs, mem) else {
         warn!(
             "virtio-blk: chain at descriptor {head} ({} descriptors) has no device-writable status byte in guest RAM; returned without processing",
             descs.len()
         );
         return 0;
     };
-    let (status, written) = match execute(disk, id, mem, &descs) {
+    let (status, written) = match execute(disk, id, mem, descs) {
         Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
         Err(e) => {
             if e.status() == VIRTIO_BLK_S_UNSUPP as u8 {
