@@ -4,6 +4,7 @@
 pub mod frames;
 pub mod netns;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::desc::split::{Descriptor as SplitDescriptor, VirtqUsedElem};
@@ -153,8 +154,10 @@ impl DriverQueue {
         self.mem
             .write_obj(head.to_le(), slot)
             .expect("avail ring slot");
+        // One release store, as a driver publishes it: a device on another
+        // thread must never see the index before the entry, or half of it.
         self.mem
-            .write_obj(avail_idx.wrapping_add(1).to_le(), idx_addr)
+            .store(avail_idx.wrapping_add(1).to_le(), idx_addr, Ordering::Release)
             .expect("avail idx");
         head
     }
@@ -163,7 +166,7 @@ impl DriverQueue {
     pub fn used(&mut self) -> Vec<VirtqUsedElem> {
         let idx = u16::from_le(
             self.mem
-                .read_obj(self.used.unchecked_add(2))
+                .load(self.used.unchecked_add(2), Ordering::Acquire)
                 .expect("used idx"),
         );
         let mut out = Vec::new();
@@ -181,7 +184,7 @@ impl DriverQueue {
     pub fn set_used_event(&self, value: u16) {
         let addr = self.avail_ring().0 + 4 + 2 * u64::from(self.size);
         self.mem
-            .write_obj(value, GuestAddress(addr))
+            .store(value.to_le(), GuestAddress(addr), Ordering::Release)
             .expect("used_event in guest memory");
     }
 }
