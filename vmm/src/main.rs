@@ -28,6 +28,10 @@ enum Command {
     /// failed while running; 2 the configuration was refused (nothing
     /// started); 3 the guest asked for a reboot (the VMM exits; a supervisor
     /// starts it again).
+    ///
+    /// SIGTERM and SIGINT end the VM cleanly (status 0). SIGUSR1 logs every
+    /// vCPU's registers, mp_state and pending events and the guest's last
+    /// serial output (lines starting "vcpu-dump:"), and the VM goes on.
     #[command(verbatim_doc_comment)]
     Run(Box<RunArgs>),
     /// Make a template VM, start clones of it, show or remove it.

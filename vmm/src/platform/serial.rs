@@ -1,5 +1,7 @@
-//! COM1: a 16550A UART (vm-superio) whose interrupt is a KVM irqfd.
+//! COM1: a 16550A UART (vm-superio) whose interrupt is a KVM irqfd. It
+//! keeps the last bytes the guest wrote, for diagnostic dumps.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 
 use log::warn;
@@ -42,14 +44,73 @@ pub struct ComState {
 /// The 16550A's receive FIFO depth in vm-superio.
 const FIFO_SIZE: usize = 64;
 
+/// How many of the guest's last output bytes a dump shows.
+pub const OUTPUT_TAIL: usize = 512;
+
+/// The guest's output on its way to the host, with the last
+/// [`OUTPUT_TAIL`] bytes kept.
+pub struct TailedOut {
+    out: SerialOut,
+    tail: VecDeque<u8>,
+    total: u64,
+}
+
+impl TailedOut {
+    fn new(out: SerialOut) -> Self {
+        TailedOut {
+            out,
+            tail: VecDeque::with_capacity(OUTPUT_TAIL),
+            total: 0,
+        }
+    }
+
+    fn keep(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.tail.len() == OUTPUT_TAIL {
+                self.tail.pop_front();
+            }
+            self.tail.push_back(b);
+        }
+        self.total += bytes.len() as u64;
+    }
+}
+
+impl Write for TailedOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.out.write(buf) {
+            Ok(n) => {
+                self.keep(&buf[..n]);
+                Ok(n)
+            }
+            // Written again by the caller.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                // The host lost it, but the guest did write it.
+                self.keep(buf);
+                Err(e)
+            }
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// The guest's last output bytes, and how many it wrote in all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutputTail {
+    pub bytes: Vec<u8>,
+    pub total: u64,
+}
+
 pub struct SerialDevice {
-    uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, SerialOut>,
+    uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, TailedOut>,
 }
 
 impl SerialDevice {
     pub fn new(irq: EventFd, out: SerialOut) -> Self {
         SerialDevice {
-            uart: Serial::new(IrqTrigger(irq), out),
+            uart: Serial::new(IrqTrigger(irq), TailedOut::new(out)),
         }
     }
 
@@ -74,8 +135,13 @@ impl SerialDevice {
             scratch: s.scratch,
             in_buffer: s.in_buffer.clone(),
         };
-        let uart = Serial::from_state(&state, IrqTrigger(irq), vm_superio::serial::NoEvents, out)
-            .map_err(|e| format!("COM1: saved state refused: {e:?}"))?;
+        let uart = Serial::from_state(
+            &state,
+            IrqTrigger(irq),
+            vm_superio::serial::NoEvents,
+            TailedOut::new(out),
+        )
+        .map_err(|e| format!("COM1: saved state refused: {e:?}"))?;
         Ok(SerialDevice { uart })
     }
 
@@ -109,6 +175,34 @@ impl SerialDevice {
     pub fn flush(&mut self) {
         let _ = self.uart.writer_mut().flush();
     }
+
+    /// The last [`OUTPUT_TAIL`] bytes the guest wrote (since this process
+    /// made the UART), for a dump.
+    pub fn output_tail(&self) -> OutputTail {
+        let w = self.uart.writer();
+        OutputTail {
+            bytes: w.tail.iter().copied().collect(),
+            total: w.total,
+        }
+    }
+}
+
+/// `bytes` as one line of text: printable ASCII as it is, `\n`, `\r`,
+/// `\t`, `\\` and `\"` escaped, anything else as `\xNN`.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\n' => s.push_str("\\n"),
+            b'\r' => s.push_str("\\r"),
+            b'\t' => s.push_str("\\t"),
+            b'\\' => s.push_str("\\\\"),
+            b'"' => s.push_str("\\\""),
+            0x20..=0x7e => s.push(b as char),
+            _ => s.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    s
 }
 
 impl BusDevice for SerialDevice {
@@ -169,5 +263,46 @@ mod tests {
         com1.read(0, &mut w);
         assert_eq!(w, [0xff, 0xff]);
         com1.write(9, &[1]);
+    }
+
+    #[test]
+    fn the_last_output_bytes_are_kept_for_a_dump() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let sink = Sink::default();
+        let mut com1 = SerialDevice::new(irq, Box::new(sink.clone()));
+        assert_eq!(com1.output_tail(), OutputTail::default());
+        let sent: Vec<u8> = (0..OUTPUT_TAIL + 100).map(|i| (i % 251) as u8).collect();
+        for b in &sent {
+            com1.write(0, &[*b]);
+        }
+        let tail = com1.output_tail();
+        assert_eq!(tail.total, sent.len() as u64);
+        assert_eq!(tail.bytes, sent[100..]);
+        assert_eq!(*sink.0.lock().unwrap(), sent);
+    }
+
+    #[test]
+    fn output_the_host_cannot_take_is_still_in_the_tail() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::from(io::ErrorKind::BrokenPipe))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut com1 = SerialDevice::new(irq, Box::new(Closed));
+        com1.write(0, b"x");
+        assert_eq!(com1.output_tail().bytes, b"x");
+    }
+
+    #[test]
+    fn escaped_bytes_are_one_printable_line() {
+        assert_eq!(
+            escape_bytes(b"ok \"q\" a\\b\r\n\t\x00\x1b[0m\xff"),
+            r#"ok \"q\" a\\b\r\n\t\x00\x1b[0m\xff"#
+        );
     }
 }
