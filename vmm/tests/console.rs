@@ -1,15 +1,19 @@
 //! The console on stdin/stdout (`--serial stdio`): host input reaches the
-//! guest whole however fast it comes.
+//! guest whole however fast it comes, and a terminal gets its settings
+//! back however vmm ends.
 
-use std::fs;
+use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{bzimage, Dir, VMM};
+use common::{bzimage, wait_until, Dir, VMM};
 
 /// 64-bit code: echoes every byte COM1 receives (polling the line status
 /// register) until it receives EOT (0x04), then powers off.
@@ -105,4 +109,133 @@ fn four_kib_pasted_at_once_all_reach_the_guest_in_order() {
     assert!(echoed == pasted, "the echo differs from the input");
     assert_eq!(status, Some(0), "stderr:\n{err}");
     assert!(!err.contains("dropped"), "stderr:\n{err}");
+}
+
+/// A pseudo-terminal: vmm gets the slave as its controlling terminal and
+/// stdin; the test types into the master.
+struct Pty {
+    master: File,
+    slave: File,
+}
+
+impl Pty {
+    fn open() -> Pty {
+        // SAFETY: plain libc calls on descriptors this function owns.
+        unsafe {
+            let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+            assert!(m >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+            assert_eq!(libc::grantpt(m), 0);
+            assert_eq!(libc::unlockpt(m), 0);
+            let mut name = [0 as libc::c_char; 128];
+            assert_eq!(libc::ptsname_r(m, name.as_mut_ptr(), name.len()), 0);
+            let path = std::ffi::CStr::from_ptr(name.as_ptr())
+                .to_str()
+                .unwrap()
+                .to_string();
+            let master = File::from_raw_fd(m);
+            let slave = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOCTTY)
+                .open(&path)
+                .unwrap();
+            Pty { master, slave }
+        }
+    }
+
+    fn termios(&self) -> libc::termios {
+        // SAFETY: tcgetattr fills the struct on success, checked.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            assert_eq!(libc::tcgetattr(self.slave.as_raw_fd(), &mut t), 0);
+            t
+        }
+    }
+}
+
+/// The settings a program can change (libc's termios has no PartialEq).
+fn settings(t: &libc::termios) -> (u32, u32, u32, u32, Vec<u8>) {
+    (t.c_iflag, t.c_oflag, t.c_cflag, t.c_lflag, t.c_cc.to_vec())
+}
+
+/// How the test ends vmm.
+enum End {
+    /// Ctrl-C typed on the terminal.
+    CtrlC,
+    /// The guest powers off (it reads EOT from the terminal).
+    GuestPowerOff,
+    Signal(libc::c_int),
+}
+
+/// Starts vmm on a terminal, waits until it has put the terminal in raw
+/// mode, ends it as `end` says, and checks that it exited 0 and left the
+/// terminal's settings as they were.
+fn terminal_restored_after(end: End, tag: &str) {
+    let dir = Dir::new(tag);
+    let k = kernel(&dir);
+    let pty = Pty::open();
+    let before = pty.termios();
+    assert!(before.c_lflag & libc::ICANON != 0, "a new pty is canonical");
+    let mut cmd = vmm_command(&k);
+    cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: setsid and ioctl are async-signal-safe; the child gets its
+    // own session with the pty (its stdin) as controlling terminal, so
+    // Ctrl-C on the pty sends it SIGINT.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("vmm starts");
+    wait_until(20, "vmm switching the terminal to raw mode", || {
+        pty.termios().c_lflag & libc::ICANON == 0
+    });
+    let raw = pty.termios();
+    assert_eq!(raw.c_lflag & libc::ECHO, 0, "raw mode has no echo");
+    assert_ne!(raw.c_lflag & libc::ISIG, 0, "Ctrl-C stays a signal");
+    let mut master = &pty.master;
+    match end {
+        End::CtrlC => master.write_all(&[0x03]).unwrap(),
+        End::GuestPowerOff => master.write_all(&[0x04]).unwrap(),
+        End::Signal(sig) => {
+            // SAFETY: signals the child this test started.
+            assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+        }
+    }
+    let (status, err) = finish(child, 20);
+    assert_eq!(status, Some(0), "stderr:\n{err}");
+    let after = pty.termios();
+    assert!(
+        settings(&after) == settings(&before),
+        "the terminal's settings after vmm ended differ from before: lflag {:#x} (was {:#x}), iflag {:#x} (was {:#x}); stderr:\n{err}",
+        after.c_lflag,
+        before.c_lflag,
+        after.c_iflag,
+        before.c_iflag
+    );
+}
+
+#[test]
+fn ctrl_c_on_a_terminal_console_restores_the_terminal() {
+    terminal_restored_after(End::CtrlC, "tty-ctrl-c");
+}
+
+#[test]
+fn a_guest_power_off_restores_the_terminal() {
+    terminal_restored_after(End::GuestPowerOff, "tty-poweroff");
+}
+
+#[test]
+fn sigterm_restores_the_terminal() {
+    terminal_restored_after(End::Signal(libc::SIGTERM), "tty-term");
+}
+
+#[test]
+fn sighup_ends_the_vm_cleanly_and_restores_the_terminal() {
+    terminal_restored_after(End::Signal(libc::SIGHUP), "tty-hup");
 }

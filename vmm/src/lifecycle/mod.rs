@@ -326,7 +326,14 @@ pub fn log_dump(d: &VmDump) {
 }
 
 /// Builds the VM as `opts` says, serves QMP, and waits for the end.
+/// Whatever ended it, a terminal on stdin gets its settings back.
 pub fn run(cfg: VmConfig, opts: RunOptions) -> Result<RunEnd, MachineError> {
+    let end = run_vm(cfg, opts);
+    crate::platform::terminal::restore();
+    end
+}
+
+fn run_vm(cfg: VmConfig, opts: RunOptions) -> Result<RunEnd, MachineError> {
     let initial = if opts.incoming.is_some() {
         RunState::InMigrate
     } else if opts.start_paused {

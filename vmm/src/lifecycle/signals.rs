@@ -1,9 +1,11 @@
 //! The signals `vmm run` acts on.
 //!
-//! SIGTERM and SIGINT end the run as QMP `quit` does (QEMU's behaviour:
+//! SIGTERM, SIGINT (Ctrl-C on a terminal console) and SIGHUP (the
+//! terminal went away) end the run as QMP `quit` does (QEMU's behaviour:
 //! SHUTDOWN with reason "host-signal", exit status 0), so that a clone
 //! killed by its supervisor still releases its template lock and removes
-//! its disk copies, and a template being made leaves nothing behind.
+//! its disk copies, a template being made leaves nothing behind, and a
+//! terminal gets its settings back.
 //!
 //! SIGUSR1 logs a dump of every vCPU's state and of the guest's last
 //! serial output (lines starting `vcpu-dump:`, see [`crate::machine::dump`])
@@ -26,7 +28,7 @@ use super::{log_dump, Controller, RunEnd};
 use crate::machine::dump::PREFIX;
 
 /// The signals that end the run.
-const ENDING: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];
+const ENDING: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 /// The signal that asks for a dump.
 const DUMP: libc::c_int = libc::SIGUSR1;
 
@@ -46,12 +48,13 @@ fn name(sig: libc::c_int) -> &'static str {
     match sig {
         libc::SIGTERM => "SIGTERM",
         libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
         libc::SIGUSR1 => "SIGUSR1",
         _ => "a signal",
     }
 }
 
-/// Blocks SIGTERM, SIGINT and SIGUSR1 in this thread (and the threads it
+/// Blocks SIGTERM, SIGINT, SIGHUP and SIGUSR1 in this thread (and the threads it
 /// makes from now on) and starts the thread that waits for them.
 pub fn watch(ctl: &Arc<Controller>) {
     let s = set();
@@ -59,7 +62,7 @@ pub fn watch(ctl: &Arc<Controller>) {
     let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &s, std::ptr::null_mut()) };
     if r != 0 {
         warn!(
-            "cannot block SIGTERM/SIGINT/SIGUSR1 ({}); they will end the process without a clean shutdown",
+            "cannot block SIGTERM/SIGINT/SIGHUP/SIGUSR1 ({}); they will end the process without a clean shutdown",
             std::io::Error::from_raw_os_error(r)
         );
         return;
@@ -101,7 +104,7 @@ pub fn watch(ctl: &Arc<Controller>) {
             }
         });
     if let Err(e) = spawned {
-        warn!("cannot start the signal thread ({e}); SIGTERM/SIGINT/SIGUSR1 stay blocked");
+        warn!("cannot start the signal thread ({e}); SIGTERM/SIGINT/SIGHUP/SIGUSR1 stay blocked");
     }
 }
 
