@@ -198,11 +198,12 @@ impl Controller {
         }
     }
 
-    /// The guest ended the VM (power-off, reset, failure). A triple fault
-    /// is a reset nobody asked for: the log gets the dump of every vCPU.
+    /// The guest ended the VM (power-off, reset, failure). After a triple
+    /// fault (a reset nobody asked for) or a failure (a KVM internal
+    /// error, say) the log gets the dump of every vCPU.
     fn on_vm_end(&self, why: VmExit) {
         if let Some(m) = lock(&self.machine).as_ref() {
-            if m.vcpus.triple_faulted().is_some() {
+            if m.vcpus.triple_faulted().is_some() || matches!(why, VmExit::Failed(_)) {
                 log_dump(&m.dump(RunState::Shutdown.as_str()));
             }
             m.shut_down();

@@ -1,6 +1,6 @@
 //! A diagnostic dump of the whole VM: every vCPU's state and the guest's
 //! last serial output, taken on SIGUSR1, by QMP `x-query-vcpu-dump`, and
-//! when the guest triple-faults. A running VM's vCPUs are paused for it
+//! when the guest triple-faults or the VM fails. A running VM's vCPUs are paused for it
 //! (the device thread keeps running) and resumed after.
 
 use log::warn;
