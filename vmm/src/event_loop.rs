@@ -2,8 +2,13 @@
 //! kicks an ioeventfd, moves packets when a TAP has some, and feeds host
 //! input to COM1. The VM object pauses it between two pieces of work, so a
 //! paused VM has no request half done and writes nothing into guest RAM.
+//!
+//! Host input is read only as fast as the guest takes it: never more than
+//! COM1's receive FIFO has room for, and once the FIFO is full stdin is
+//! left out of the epoll set until the guest has read the FIFO empty.
+//! Input waits in the pipe or the terminal meanwhile; none is dropped.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -38,8 +43,10 @@ enum Source {
         queue: u16,
         evt: EventFd,
     },
-    /// Host input for COM1.
-    Stdin { serial: Arc<Mutex<SerialDevice>> },
+    /// Host input for COM1 (the state is in `EventLoop::stdin`).
+    Stdin,
+    /// The guest read COM1's receive FIFO empty: room for more input.
+    InputDrained(EventFd),
     /// The VM is ending: leave the loop.
     Stop(EventFd),
     /// A request from the VM object waits in `control`.
@@ -93,9 +100,24 @@ impl LoopHandle {
     }
 }
 
+/// Stdin feeding COM1.
+struct StdinInput {
+    serial: Arc<Mutex<SerialDevice>>,
+    /// Its epoll token (the index of [`Source::Stdin`]).
+    token: u64,
+    /// In the epoll set: false while the FIFO is full.
+    watched: bool,
+    /// At its end, or unreadable: never watched again.
+    closed: bool,
+    /// Read but not taken: the guest turned loopback mode on between the
+    /// room check and the enqueue. Goes first once the FIFO drains.
+    pending: Vec<u8>,
+}
+
 pub struct EventLoop {
     epoll: Epoll,
     sources: Vec<Source>,
+    stdin: Option<StdinInput>,
     control: Option<Receiver<LoopRequest>>,
     /// Devices whose queues are processed once when the loop starts: after
     /// a restore, notifications the guest made before the save are gone
@@ -108,6 +130,7 @@ impl EventLoop {
         Ok(EventLoop {
             epoll: Epoll::new()?,
             sources: Vec::new(),
+            stdin: None,
             control: None,
             kick_at_start: Vec::new(),
         })
@@ -195,11 +218,32 @@ impl EventLoop {
         )
     }
 
-    /// Stdin that epoll cannot watch (a regular file, /dev/null) gives no input.
-    pub fn add_stdin(&mut self, serial: Arc<Mutex<SerialDevice>>) {
-        if let Err(e) = self.add(libc::STDIN_FILENO, EventSet::IN, Source::Stdin { serial }) {
+    /// Stdin as COM1's input; `drained` is the eventfd COM1 writes when
+    /// the guest has read its receive FIFO empty. Stdin that epoll cannot
+    /// watch (a regular file, /dev/null) gives no input.
+    pub fn add_stdin(
+        &mut self,
+        serial: Arc<Mutex<SerialDevice>>,
+        drained: EventFd,
+    ) -> io::Result<()> {
+        let token = self.sources.len() as u64;
+        if let Err(e) = self.add(libc::STDIN_FILENO, EventSet::IN, Source::Stdin) {
             debug!("stdin is not pollable ({e}); COM1 gets no input");
+            return Ok(());
         }
+        self.add(
+            drained.as_raw_fd(),
+            EventSet::IN,
+            Source::InputDrained(drained),
+        )?;
+        self.stdin = Some(StdinInput {
+            serial,
+            token,
+            watched: true,
+            closed: false,
+            pending: Vec::new(),
+        });
+        Ok(())
     }
 
     /// Runs until `exit` is signalled (its eventfd `stop` becomes readable).
@@ -249,13 +293,94 @@ impl EventLoop {
         }
     }
 
-    /// Stops watching stdin: at its end it would stay readable forever.
-    fn forget_stdin(&self) {
-        let _ = self.epoll.ctl(
-            ControlOperation::Delete,
+    /// Takes stdin out of the epoll set (while the FIFO is full, and for
+    /// good at its end, where it would stay readable forever).
+    fn unwatch_stdin(&mut self) {
+        let Some(st) = self.stdin.as_mut() else {
+            return;
+        };
+        if st.watched {
+            st.watched = false;
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                libc::STDIN_FILENO,
+                EpollEvent::default(),
+            );
+        }
+    }
+
+    /// Reads as much stdin as COM1's receive FIFO has room for.
+    fn read_stdin(&mut self) {
+        let Some(st) = self.stdin.as_mut() else {
+            return;
+        };
+        let room = lock(&st.serial, "COM1").input_room();
+        if room == 0 || !st.pending.is_empty() {
+            self.unwatch_stdin();
+            return;
+        }
+        let mut buf = [0u8; 64];
+        let want = room.min(buf.len());
+        // Straight from the fd: std's stdin buffers what it reads ahead,
+        // where epoll no longer sees it.
+        // SAFETY: reads at most `want` bytes into `buf`, which holds 64.
+        let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), want) };
+        match n {
+            0 => {
+                debug!("stdin closed; COM1 gets no more input");
+                st.closed = true;
+                self.unwatch_stdin();
+            }
+            n if n > 0 => {
+                let n = n as usize;
+                let mut com1 = lock(&st.serial, "COM1");
+                let taken = com1.enqueue_input(&buf[..n]);
+                st.pending.extend_from_slice(&buf[taken..n]);
+                let full = com1.input_room() == 0 || !st.pending.is_empty();
+                drop(com1);
+                if full {
+                    self.unwatch_stdin();
+                }
+            }
+            _ => {
+                let e = io::Error::last_os_error();
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) {
+                    warn!("reading stdin failed: {e}; COM1 gets no more input");
+                    st.closed = true;
+                    self.unwatch_stdin();
+                }
+            }
+        }
+    }
+
+    /// The guest read the FIFO empty: what was left over goes first, then
+    /// stdin is watched again.
+    fn input_drained(&mut self) {
+        let Some(st) = self.stdin.as_mut() else {
+            return;
+        };
+        if !st.pending.is_empty() {
+            let taken = lock(&st.serial, "COM1").enqueue_input(&st.pending);
+            st.pending.drain(..taken);
+        }
+        if st.watched || st.closed || !st.pending.is_empty() {
+            return;
+        }
+        let token = st.token;
+        match self.epoll.ctl(
+            ControlOperation::Add,
             libc::STDIN_FILENO,
-            EpollEvent::default(),
-        );
+            EpollEvent::new(EventSet::IN, token),
+        ) {
+            Ok(()) => st.watched = true,
+            Err(e) => {
+                warn!("watching stdin again failed: {e}; COM1 gets no more input");
+                st.closed = true;
+            }
+        }
     }
 
     /// Handles one ready source; false ends the loop.
@@ -285,25 +410,10 @@ impl EventLoop {
                     lock(device, name).backend_called(*queue);
                 }
             }
-            Source::Stdin { serial } => {
-                let mut buf = [0u8; 64];
-                match io::stdin().lock().read(&mut buf) {
-                    Ok(0) => {
-                        debug!("stdin closed; COM1 gets no more input");
-                        self.forget_stdin();
-                    }
-                    Ok(n) => {
-                        let taken = lock(serial, "COM1").enqueue_input(&buf[..n]);
-                        if taken < n {
-                            warn!("COM1: receive FIFO full; {} input bytes dropped", n - taken);
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        warn!("reading stdin failed: {e}; COM1 gets no more input");
-                        self.forget_stdin();
-                    }
-                }
+            Source::Stdin => self.read_stdin(),
+            Source::InputDrained(evt) => {
+                let _ = evt.read();
+                self.input_drained();
             }
             Source::Stop(evt) => {
                 let _ = evt.read();

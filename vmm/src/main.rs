@@ -28,6 +28,10 @@ enum Command {
     /// failed while running; 2 the configuration was refused (nothing
     /// started); 3 the guest asked for a reboot (the VMM exits; a supervisor
     /// starts it again).
+    ///
+    /// SIGTERM, SIGINT and SIGHUP end the VM cleanly (status 0). SIGUSR1 logs every
+    /// vCPU's registers, mp_state and pending events and the guest's last
+    /// serial output (lines starting "vcpu-dump:"), and the VM goes on.
     #[command(verbatim_doc_comment)]
     Run(Box<RunArgs>),
     /// Make a template VM, start clones of it, show or remove it.
@@ -520,6 +524,12 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .format_target(false)
         .init();
+    // A panic must not leave the terminal in raw mode.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        vmm::platform::terminal::restore();
+        default_hook(info)
+    }));
     match Cli::parse().command {
         Command::Run(args) => run(*args),
         Command::Ctl(args) => ctl(args),

@@ -54,20 +54,94 @@ lab_l2_once() {
     lab_l2_wait
 }
 
+# The vCPU dump. `vmm` logs it on SIGUSR1, and by itself when a vCPU
+# triple-faults, as lines containing "vcpu-dump: " (begin, two per vCPU,
+# the guest's last serial output, end; see docs/usage.md). A scenario
+# asks for it before it kills an L2 that timed out (lab_vmm_dump,
+# lab_vmm_kill); the dump then appears under the scenario's result as
+# LAB-L2-VCPU-DUMP lines, and in short in its FAIL line (lab_l2_why,
+# lab_dump_summary).
+
+# lab_dump_lines LOG: the lines of the last dump in LOG, from "begin:" on,
+# without what precedes "vcpu-dump: ".
+lab_dump_lines() {
+    tr -d '\r' <"$1" 2>/dev/null | sed -n 's/.*vcpu-dump: //p' |
+        awk '/^begin:/ { n = 0 } { l[n++] = $0 } END { for (i = 0; i < n; i++) print l[i] }'
+}
+
+# lab_dump_markers LOG: the last dump in LOG as LAB-L2-VCPU-DUMP lines on
+# L1's console, which the host runner shows as evidence.
+lab_dump_markers() {
+    lab_dump_lines "$1" | while IFS= read -r _l; do printf 'LAB-L2-VCPU-DUMP %s\n' "$_l"; done
+}
+
+# lab_dump_summary LOG: the last dump in LOG on one line, for a result
+# line: each vCPU's registers, its events when one is pending, and the
+# last 200 characters of the serial output. Empty without a dump.
+lab_dump_summary() {
+    lab_dump_lines "$1" | awk '
+        /^begin:/ { if ($0 ~ /triple-faulted|failed/) { sub(/^begin: /, ""); out = $0 }; next }
+        /^end$/ { next }
+        / exception=none interrupt=none interrupt_shadow=[0-9]+ nmi=none / { next }
+        /^serial: / && length($0) > 260 {
+            i = index($0, ": \""); $0 = substr($0, 1, i + 2) "..." substr($0, length($0) - 200)
+        }
+        { out = out (out == "" ? "" : " | ") $0 }
+        END { print out }'
+}
+
+# lab_vmm_dump PID LOG: asks the vmm process PID for its vCPU dump
+# (SIGUSR1) and waits up to 20 s for it to reach LOG, where PID's stderr
+# goes (a dump takes milliseconds, but about 12 s when a vCPU is stuck in
+# the host kernel: 5 s for the pause, 2 s for its state, 5 s for the
+# resume); then prints it with lab_dump_markers. Returns 1, asking nothing,
+# when PID is not a vmm (QEMU as the L2 VMM) or is gone.
+lab_vmm_dump() {
+    [ "$(cat "/proc/$1/comm" 2>/dev/null)" = vmm ] || return 1
+    _n=$(grep -c -E 'vcpu-dump: (end|none)' "$2" 2>/dev/null)
+    kill -USR1 "$1" 2>/dev/null || return 1
+    for _i in $(seq 200); do
+        [ "$(grep -c -E 'vcpu-dump: (end|none)' "$2" 2>/dev/null)" -gt "${_n:-0}" ] && break
+        sleep 0.1
+    done
+    lab_dump_markers "$2"
+}
+
+# lab_vmm_kill PID LOG: for a vmm that did not get where the scenario
+# waited for it: its dump (lab_vmm_dump), then SIGKILL.
+lab_vmm_kill() {
+    lab_vmm_dump "$1" "$2"
+    kill -9 "$1" 2>/dev/null
+}
+
+# lab_dump_why LOG: "; vCPU dump: ..." when LOG has a dump, for a FAIL line.
+lab_dump_why() {
+    _d=$(lab_dump_summary "$1")
+    [ -z "$_d" ] || printf '; vCPU dump: %s\n' "$_d"
+}
+
+# The retries below hide a failure, so each one is counted: the line
+# LAB-L2-RESET-RETRY goes to the host runner, which prints every retry in
+# its summary and fails the run when more than one scenario needed one.
+
 # lab_l2_retry CMD...: runs CMD, which boots one L2 and waits for it (a
 # scenario's own function when it acts from L1 while L2 runs). If the VMM
 # ended with status 3, the guest was reset, which no scenario asks for:
 # now and then (about 1 boot in 25 in CI) L2 triple-faults in this
 # emulated nesting, as L1 itself now and then panics or resets. CMD then
 # runs once more, the first log is kept as LOG-reset, and lab_pass puts
-# what happened (with vmm's register dump) at the head of the result line.
+# what happened (with vmm's dump of the vCPUs) at the head of the result
+# line.
 lab_l2_retry() {
     LAB_L2_RERUN=""
     "$@" || return 1
     [ "$LAB_VMM" = vmm ] && [ "$LAB_L2_STATUS" = 3 ] || return 0
-    LAB_L2_RERUN="second L2 run, the first was reset: $(grep -E 'LAB-L2-[A-Z-]+|triple fault' "$LAB_L2_LOG" |
-        tail -n 2 | tr -d '\r' | tr '\n' '|' | sed 's/|$//'); "
+    _why=$(grep -v 'vcpu-dump: ' "$LAB_L2_LOG" | grep -E 'LAB-L2-[A-Z-]+|triple fault' |
+        tail -n 2 | tr -d '\r' | tr '\n' '|' | sed 's/|$//')
+    LAB_L2_RERUN="second L2 run, the first was reset: $_why$(lab_dump_why "$LAB_L2_LOG"); "
     cp "$LAB_L2_LOG" "$LAB_L2_LOG-reset"
+    lab_dump_markers "$LAB_L2_LOG"
+    echo "LAB-L2-RESET-RETRY $LAB_SCENARIO: vmm exited 3 (the guest was reset): $_why"
     lab_log "L2 was reset (status 3): running it once more"
     "$@"
 }
@@ -82,8 +156,11 @@ lab_reset_retry() {
     shift
     "$@" && return 0
     [ "${LAB_VMM_STATUS:-}" = 3 ] || return 1
-    LAB_L2_RERUN="second L2 run, the first was reset: $(grep -m1 -E 'triple fault|guest reset' "$_out" | cut -c1-300); "
+    _why=$(grep -v 'vcpu-dump: ' "$_out" | grep -m1 -E 'triple fault|guest reset|reboot' | cut -c1-300)
+    LAB_L2_RERUN="second L2 run, the first was reset: $_why$(lab_dump_why "$_out"); "
     cp "$_out" "$_out-reset"
+    lab_dump_markers "$_out"
+    echo "LAB-L2-RESET-RETRY $LAB_SCENARIO: vmm exited 3 (the guest was reset) before it was ready: $_why"
     lab_log "L2 was reset (status 3) before it was ready: running it once more"
     "$@"
 }
@@ -126,7 +203,11 @@ lab_l2_start() {
     (
         sleep "$_timeout"
         [ -e "$LAB_L2_LOG.status" ] && exit 0
-        echo "LAB-LOG $LAB_SCENARIO: L2 still running after $_timeout s: killing it"
+        echo "LAB-LOG $LAB_SCENARIO: L2 still running after $_timeout s: asking $LAB_VMM for its vCPU dump, then killing it"
+        lab_vmm_dump "$LAB_L2_PID" "$LAB_L2_LOG"
+        [ -e "$LAB_L2_LOG.status" ] && exit 0
+        # vmm ends with status 0 on SIGTERM: lab_l2_why reads this instead.
+        : >"$LAB_L2_LOG.killed"
         kill "$LAB_L2_PID" 2>/dev/null
         sleep 3
         [ -e "$LAB_L2_LOG.status" ] || kill -9 "$LAB_L2_PID" 2>/dev/null
@@ -159,7 +240,7 @@ lab_l2_wait() {
 lab_l2_until() {
     _t=$(lab_uptime)
     while :; do
-        if grep -E -m1 "$1" "$LAB_L2_LOG" 2>/dev/null | tr -d '\r' | grep .; then
+        if grep -v 'vcpu-dump: ' "$LAB_L2_LOG" 2>/dev/null | grep -E -m1 "$1" | tr -d '\r' | grep .; then
             return 0
         fi
         [ -e "$LAB_L2_LOG.done" ] && return 1
@@ -169,17 +250,22 @@ lab_l2_until() {
 }
 
 # lab_l2_line PATTERN: the first line of the L2 log matching PATTERN.
-lab_l2_line() { grep -E -m1 "$1" "$LAB_L2_LOG" 2>/dev/null | tr -d '\r'; }
+# (A dump's serial line repeats the guest's output: never a match.)
+lab_l2_line() { grep -v 'vcpu-dump: ' "$LAB_L2_LOG" 2>/dev/null | grep -E -m1 "$1" | tr -d '\r'; }
 
 # lab_l2_why: what the L2 VMM did, for a FAIL line: its exit status, how
-# long it ran, and its last lines (the vmm's own "vmm: ..." refusals or
-# "not implemented" come out there).
+# long it ran, its last lines (the vmm's own "vmm: ..." refusals or
+# "not implemented" come out there) and, when it has one (a timeout, a
+# triple fault), vmm's dump of the vCPUs.
 lab_l2_why() {
     case $LAB_L2_STATUS in
     143 | 137) _st="was killed after its timeout ($LAB_L2_STATUS)" ;;
     *) _st="exited with status $LAB_L2_STATUS" ;;
     esac
-    echo "$LAB_VMM $_st after $LAB_L2_SECONDS s; its last lines: $(tail -n 3 "$LAB_L2_LOG" | tr -d '\r' | tr '\n' '|' | sed 's/|$//')"
+    [ ! -e "$LAB_L2_LOG.killed" ] || _st="was killed after its timeout (exit status $LAB_L2_STATUS)"
+    printf '%s\n' "$LAB_VMM $_st after $LAB_L2_SECONDS s; its last lines: $(grep -v -e 'vcpu-dump: ' \
+        -e 'SIGUSR1: dumping' "$LAB_L2_LOG" | tail -n 3 | tr -d '\r' | tr '\n' '|' |
+        sed 's/|$//')$(lab_dump_why "$LAB_L2_LOG")"
 }
 
 # lab_vmstat PID FIELD: a /proc/PID/status field in kB (VmRSS, VmHWM, ...).
@@ -321,7 +407,7 @@ lab_l2_booted_after() {
 }
 
 # lab_l2_lines PATTERN: every line of the L2 log matching PATTERN, on one line.
-lab_l2_lines() { grep -E "$1" "$LAB_L2_LOG" 2>/dev/null | tr -d '\r' | tr '\n' ';' | sed 's/;$//; s/;/; /g'; }
+lab_l2_lines() { grep -v 'vcpu-dump: ' "$LAB_L2_LOG" 2>/dev/null | grep -E "$1" | tr -d '\r' | tr '\n' ';' | sed 's/;$//; s/;/; /g'; }
 
 # lab_policy_message N [RAMFILE]: item N under "## The messages" of
 # docs/policy.md (carried into L1 as /lab/policy.md) as vmm prints it,

@@ -28,7 +28,7 @@ cpr_boot() {
     pid=$!
     snap_wait_count /tmp/$1.serial 40 150 && return 0
     if kill -0 $pid 2>/dev/null; then
-        kill -9 $pid
+        lab_vmm_kill $pid /tmp/$1.out
     else
         wait $pid
         LAB_VMM_STATUS=$?
@@ -68,7 +68,7 @@ cpr_checkpoint() {
 
 # 1. Checkpoint, quit, restore with the copy, run to the end.
 lab_reset_retry /tmp/cpr1.out cpr_boot cpr1 ||
-    lab_fail "the guest wrote no 40 records: $(tail -n 3 /tmp/cpr1.serial /tmp/cpr1.out | tr -d '\r' | tr '\n' '|')"
+    lab_fail "the guest wrote no 40 records: $(tail -n 3 /tmp/cpr1.serial /tmp/cpr1.out | tr -d '\r' | tr '\n' '|')$(lab_dump_why /tmp/cpr1.out)"
 cpr_checkpoint cpr1
 lab_log "checkpoint at count $saved: $size bytes in $ckpt_s s, VM $state, vmm quit with 0"
 [ "$state" = postmigrate ] || lab_fail "the VM is '$state' after the checkpoint, not postmigrate"
@@ -80,8 +80,8 @@ $new run $common --serial file=/tmp/cpr2.serial --qmp unix:/tmp/cpr2.qmp --incom
 pid=$!
 for _i in $(seq 1500); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
 if kill -0 $pid 2>/dev/null; then
-    kill -9 $pid
-    lab_fail "the restored VM did not power off in 150 s: $(tail -n 3 /tmp/cpr2.serial /tmp/cpr2.out | tr -d '\r' | tr '\n' '|')"
+    lab_vmm_kill $pid /tmp/cpr2.out
+    lab_fail "the restored VM did not power off in 150 s: $(tail -n 3 /tmp/cpr2.serial /tmp/cpr2.out | tr -d '\r' | tr '\n' '|')$(lab_dump_why /tmp/cpr2.out)"
 fi
 wait $pid
 status2=$?
@@ -102,7 +102,7 @@ grep -qi 'x-ignore-shared\|tmpfs\|ramfs' /tmp/cpr1.out && lab_log "vmm on the ch
 
 # 2. Checkpoint, quit, touch the disk: the copy must refuse to restore.
 lab_reset_retry /tmp/cpr3.out cpr_boot cpr3 ||
-    lab_fail "the second guest wrote no 40 records: $(tail -n 3 /tmp/cpr3.serial /tmp/cpr3.out | tr -d '\r' | tr '\n' '|')"
+    lab_fail "the second guest wrote no 40 records: $(tail -n 3 /tmp/cpr3.serial /tmp/cpr3.out | tr -d '\r' | tr '\n' '|')$(lab_dump_why /tmp/cpr3.out)"
 cpr_checkpoint cpr3
 saved3=$saved
 sleep 1

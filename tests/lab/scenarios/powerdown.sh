@@ -25,17 +25,17 @@ pd_boot() {
         sleep 0.1
     done
     case $ready in *READY*) return 0 ;; esac
-    kill -9 $pid 2>/dev/null
+    lab_vmm_kill $pid /tmp/pd.out
     return 1
 }
 lab_reset_retry /tmp/pd.out pd_boot ||
-    lab_fail "the guest found no power button: ${ready:-nothing} $(tail -n 3 $s /tmp/pd.out | tr -d '\r' | tr '\n' '|')"
+    lab_fail "the guest found no power button: ${ready:-nothing} $(tail -n 3 $s /tmp/pd.out | tr -d '\r' | tr '\n' '|')$(lab_dump_why /tmp/pd.out)"
 t0=$(lab_uptime)
 events=$(vmm ctl --qmp $q --timeout 60 system_powerdown --wait-event SHUTDOWN 2>&1 | tr -d '\n' | tr -s ' ')
 for _i in $(seq 300); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
 if kill -0 $pid 2>/dev/null; then
-    kill -9 $pid
-    lab_fail "vmm still runs 30 s after system_powerdown: $events; $(tail -n 3 $s | tr -d '\r' | tr '\n' '|')"
+    lab_vmm_kill $pid /tmp/pd.out
+    lab_fail "vmm still runs 30 s after system_powerdown: $events; $(tail -n 3 $s | tr -d '\r' | tr '\n' '|')$(lab_dump_why /tmp/pd.out)"
 fi
 wait $pid
 status=$?

@@ -21,11 +21,11 @@ qmp_run() {
     cat /tmp/qmp.client
     for _i in $(seq 300); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
     if kill -0 $pid 2>/dev/null; then
-        kill -9 $pid
+        lab_vmm_kill $pid /tmp/qmp.out
         lab_log "guest: $(tr -d '\r' <$s | grep -v LAB-L2-QMP-MEM | grep -i 'virtio\|mem' | tail -n 12 | tr '\n' '|')"
         lab_log "guest memory: $(tr -d '\r' <$s | grep LAB-L2-QMP-MEM | tail -n 1)"
         lab_log "vmm: $(tail -n 6 /tmp/qmp.out | tr '\n' '|')"
-        lab_fail "vmm still runs after the client ($rc): $(grep -m1 LAB-QMP-FAIL /tmp/qmp.client) $(tail -n 3 $s | tr -d '\r' | tr '\n' '|')"
+        lab_fail "vmm still runs after the client ($rc): $(grep -m1 LAB-QMP-FAIL /tmp/qmp.client) $(tail -n 3 $s | tr -d '\r' | tr '\n' '|')$(lab_dump_why /tmp/qmp.out)"
     fi
     wait $pid
     status=$?

@@ -36,7 +36,7 @@ snap_boot() {
         wait $pid1
         LAB_VMM_STATUS=$?
     else
-        kill -9 $pid1
+        lab_vmm_kill $pid1 /tmp/snap1.out
     fi
     return 1
 }
@@ -55,7 +55,7 @@ snap_run() {
     cmdline="console=ttyS0 panic=-1 quiet lab.scenario=snapshot lab.insmod=virtio_mmio,virtio_blk"
     common="--cpus 2 --memory size=256M --disk path=$disk,id=vda"
     lab_reset_retry /tmp/snap1.out snap_boot ||
-        lab_fail "the guest wrote no 40 records before the save: $(tail -n 3 $s1 /tmp/snap1.out | tr -d '\r' | tr '\n' '|')"
+        lab_fail "the guest wrote no 40 records before the save: $(tail -n 3 $s1 /tmp/snap1.out | tr -d '\r' | tr '\n' '|')$(lab_dump_why /tmp/snap1.out)"
     if [ "$paused" = 1 ]; then
         snap_ctl /tmp/snap1.qmp stop >/dev/null || lab_fail "QMP stop failed: $(tail -n 3 /tmp/snap1.out)"
     fi
@@ -103,8 +103,8 @@ snap_run() {
         sleep 0.1
     done
     if kill -0 $pid2 2>/dev/null; then
-        kill -9 $pid2
-        lab_fail "the restored VM did not power off: $(tail -n 3 $s2 | tr -d '\r' | tr '\n' '|')"
+        lab_vmm_kill $pid2 /tmp/snap2.out
+        lab_fail "the restored VM did not power off: $(tail -n 3 $s2 | tr -d '\r' | tr '\n' '|')$(lab_dump_why /tmp/snap2.out)"
     fi
     wait $pid2
     status2=$?

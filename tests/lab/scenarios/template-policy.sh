@@ -35,7 +35,7 @@ tp_boot() {
         sleep 0.2
     done
     if kill -0 $pid 2>/dev/null; then
-        kill -9 $pid
+        lab_vmm_kill $pid /tmp/$1.out
     else
         wait $pid
         LAB_VMM_STATUS=$?
@@ -84,7 +84,7 @@ lab_log "(c) template create refused: exit 2, $(wc -l </tmp/tpc.err) line(s), $D
 # (a) the manual flow with free page reporting.
 mem=/tmp/tp.mem
 lab_reset_retry /tmp/tpa.out tp_boot tpa $mem free-page-reporting=on ||
-    lab_fail "(a) the template guest was not ready: $(tail -n 3 /tmp/tpa.serial /tmp/tpa.out | tr -d '\r' | tr '\n' '|')"
+    lab_fail "(a) the template guest was not ready: $(tail -n 3 /tmp/tpa.serial /tmp/tpa.out | tr -d '\r' | tr '\n' '|')$(lab_dump_why /tmp/tpa.out)"
 tp_save tpa
 sizea=$(stat -c %s /tmp/tpa.state)
 vmm run --incoming file:/tmp/tpa.state --cpus 1 --memory "$(clone_mem $mem)" --balloon free-page-reporting=on \
@@ -103,7 +103,7 @@ lab_log "(a) saved ($sizea bytes); clone refused: exit 2, line [4], no output"
 # (b) a plain balloon, its target lowered before the save.
 mem=/tmp/tpb.mem
 lab_reset_retry /tmp/tpb.out tp_boot tpb $mem stats=on ||
-    lab_fail "(b) the template guest was not ready: $(tail -n 3 /tmp/tpb.serial /tmp/tpb.out | tr -d '\r' | tr '\n' '|')"
+    lab_fail "(b) the template guest was not ready: $(tail -n 3 /tmp/tpb.serial /tmp/tpb.out | tr -d '\r' | tr '\n' '|')$(lab_dump_why /tmp/tpb.out)"
 target=$((96 * 1048576))
 snap_ctl /tmp/tpb.qmp balloon "{\"value\": $target}" >/dev/null || lab_fail "(b) QMP balloon failed"
 actual=""

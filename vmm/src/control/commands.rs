@@ -45,6 +45,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "query-memory-devices",
     "query-name",
     "query-vm-generation-id",
+    "x-query-vcpu-dump",
 ];
 
 /// QEMU 10's migration capabilities (`MigrationCapability`): the names
@@ -179,6 +180,10 @@ pub enum Command {
     /// Returns `{"guid": "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"}`, the VM
     /// Generation ID the guest sees now.
     QueryVmGenerationId,
+    /// vmm's own (hence `x-`): every vCPU's registers, mp_state and
+    /// pending events, and the guest's last serial output; a running VM's
+    /// vCPUs are paused for it and resumed.
+    XQueryVcpuDump,
 }
 
 impl Command {
@@ -209,6 +214,7 @@ impl Command {
             Command::QueryMemoryDevices => "query-memory-devices",
             Command::QueryName => "query-name",
             Command::QueryVmGenerationId => "query-vm-generation-id",
+            Command::XQueryVcpuDump => "x-query-vcpu-dump",
         }
     }
 
@@ -236,6 +242,7 @@ impl Command {
             "query-memory-devices" => no_args(Command::QueryMemoryDevices)(a)?,
             "query-name" => no_args(Command::QueryName)(a)?,
             "query-vm-generation-id" => no_args(Command::QueryVmGenerationId)(a)?,
+            "x-query-vcpu-dump" => no_args(Command::XQueryVcpuDump)(a)?,
             "migrate-set-capabilities" => parse_set_capabilities(a)?,
             "migrate-set-parameters" => parse_set_parameters(a)?,
             "migrate" => {

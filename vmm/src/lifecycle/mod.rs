@@ -22,6 +22,7 @@ use crate::config::VmConfig;
 use crate::control::{EventSender, QmpListen, QmpServer};
 use crate::exit::{ExitSignal, VmExit};
 use crate::machine::build::Prepared;
+use crate::machine::dump::VmDump;
 use crate::machine::{self, Machine, MachineError};
 use crate::platform::serial_watch::SerialWatch;
 use crate::snapshot::uri::StreamUri;
@@ -197,9 +198,14 @@ impl Controller {
         }
     }
 
-    /// The guest ended the VM (power-off, reset, failure).
+    /// The guest ended the VM (power-off, reset, failure). After a triple
+    /// fault (a reset nobody asked for) or a failure (a KVM internal
+    /// error, say) the log gets the dump of every vCPU.
     fn on_vm_end(&self, why: VmExit) {
         if let Some(m) = lock(&self.machine).as_ref() {
+            if m.vcpus.triple_faulted().is_some() || matches!(why, VmExit::Failed(_)) {
+                log_dump(&m.dump(RunState::Shutdown.as_str()));
+            }
             m.shut_down();
         }
         self.set_state(RunState::Shutdown);
@@ -210,6 +216,13 @@ impl Controller {
         };
         self.emit_last("SHUTDOWN", Some(json!({"guest": true, "reason": reason})));
         self.finish(RunEnd::Vm(why));
+    }
+
+    /// Every vCPU's state and COM1's last output (see
+    /// [`machine::dump`]); an error when there is no VM yet (inmigrate).
+    pub fn dump(&self) -> Result<VmDump, String> {
+        let status = self.state();
+        self.with_machine(|m| Ok(m.dump(status.as_str())))
     }
 
     /// Runs `f` on the VM; an error when there is none yet (inmigrate).
@@ -306,8 +319,22 @@ impl Controller {
     }
 }
 
+/// Writes a dump to the log, one warning per line.
+pub fn log_dump(d: &VmDump) {
+    for line in d.lines() {
+        warn!("{line}");
+    }
+}
+
 /// Builds the VM as `opts` says, serves QMP, and waits for the end.
+/// Whatever ended it, a terminal on stdin gets its settings back.
 pub fn run(cfg: VmConfig, opts: RunOptions) -> Result<RunEnd, MachineError> {
+    let end = run_vm(cfg, opts);
+    crate::platform::terminal::restore();
+    end
+}
+
+fn run_vm(cfg: VmConfig, opts: RunOptions) -> Result<RunEnd, MachineError> {
     let initial = if opts.incoming.is_some() {
         RunState::InMigrate
     } else if opts.start_paused {

@@ -57,6 +57,7 @@ impl QmpHandler for Handler {
                         .collect(),
                 ))
             }
+            Command::XQueryVcpuDump => ctl.dump().map(|d| d.to_json()).map_err(generic),
             Command::Stop => ctl.stop().map(|()| json!({})).map_err(generic),
             Command::Cont => ctl.cont().map(|()| json!({})).map_err(generic),
             Command::Quit => Ok(json!({})),

@@ -454,16 +454,22 @@ fn assemble(
             let irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
                 .map_err(host("creating the COM1 interrupt eventfd"))?;
             vm.register_irqfd(&irq, layout::COM1_IRQ)?;
+            let drained = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+                .map_err(host("creating the COM1 input eventfd"))?;
+            let drained_loop = drained
+                .try_clone()
+                .map_err(host("duplicating the COM1 input eventfd"))?;
             let dev = match saved.and_then(|s| s.com1.as_ref()) {
-                Some(state) => {
-                    SerialDevice::restore(irq, out, state).map_err(|e| device_err("COM1", e))?
-                }
-                None => SerialDevice::new(irq, out),
+                Some(state) => SerialDevice::restore(irq, drained, out, state)
+                    .map_err(|e| device_err("COM1", e))?,
+                None => SerialDevice::new(irq, drained, out),
             };
             let com1 = Arc::new(Mutex::new(dev));
             pio.insert("COM1", com1.clone(), u64::from(layout::COM1_PORT), 8)?;
             if matches!(cfg.serial, SerialConfig::Stdio) {
-                events.add_stdin(com1.clone());
+                events
+                    .add_stdin(com1.clone(), drained_loop)
+                    .map_err(host("watching COM1's input eventfd"))?;
                 raw_stdin = RawStdin::enable();
             }
             Some(com1)

@@ -6,6 +6,7 @@
 //! register).
 
 pub mod build;
+pub mod dump;
 pub mod vcpus;
 
 use std::io;

@@ -12,13 +12,17 @@ use crate::bus::Bus;
 use crate::exit::{ExitSignal, VmExit};
 use crate::vstate::vcpu::{kick_signal, VcpuReply, VcpuRequest, VcpuThreadControl};
 use crate::vstate::vcpu_state::StateLayout;
-use crate::vstate::{Vcpu, VcpuState};
+use crate::vstate::{Vcpu, VcpuDump, VcpuState};
 
 use super::MachineError;
 
 /// A vCPU halted in the guest leaves KVM_RUN within microseconds of its
 /// kick; this bounds a vCPU stuck in the host kernel.
 const VCPU_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a diagnostic dump waits for each vCPU: a vCPU that does not
+/// answer by then is stuck in the host kernel, which the dump then says.
+const VCPU_DUMP_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct VcpuHandle {
     index: u8,
@@ -45,6 +49,8 @@ impl VcpuHandle {
 pub struct Vcpus {
     handles: Vec<VcpuHandle>,
     replies: Receiver<(u8, VcpuReply)>,
+    /// The first vCPU that triple-faulted, -1 while none has.
+    triple_fault: Arc<AtomicI32>,
 }
 
 /// One vCPU as query-cpus-fast reports it.
@@ -69,6 +75,7 @@ impl Vcpus {
             source,
         })?;
         let (reply_tx, replies) = mpsc::channel();
+        let triple_fault = Arc::new(AtomicI32::new(-1));
         let mut handles = Vec::with_capacity(vcpus.len());
         for (i, vcpu) in vcpus.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel();
@@ -81,6 +88,7 @@ impl Vcpus {
                 tid: tid.clone(),
                 layout: layout.clone(),
                 start_paused: paused,
+                triple_fault: triple_fault.clone(),
             };
             let (pio, mmio, exit) = (pio.clone(), mmio.clone(), exit.clone());
             let thread = thread::Builder::new()
@@ -101,7 +109,11 @@ impl Vcpus {
                 thread,
             });
         }
-        Ok(Vcpus { handles, replies })
+        Ok(Vcpus {
+            handles,
+            replies,
+            triple_fault,
+        })
     }
 
     fn all(&self, make: impl Fn() -> VcpuRequest, want: VcpuReply) -> Result<(), MachineError> {
@@ -162,6 +174,47 @@ impl Vcpus {
             states.push(state);
         }
         Ok(states)
+    }
+
+    /// What each vCPU is doing, in index order, read by its own thread
+    /// between two KVM_RUNs (parked or not); a vCPU that does not answer
+    /// within [`VCPU_DUMP_TIMEOUT`] gets an error saying so.
+    pub fn dump(&self) -> Vec<(u8, Result<VcpuDump, String>)> {
+        let asked: Vec<_> = self
+            .handles
+            .iter()
+            .map(|h| {
+                let (tx, rx) = mpsc::channel();
+                (h.index, h.send(VcpuRequest::Dump(tx)).then_some(rx))
+            })
+            .collect();
+        let deadline = Instant::now() + VCPU_DUMP_TIMEOUT;
+        asked
+            .into_iter()
+            .map(|(index, rx)| {
+                let r = match rx {
+                    None => Err("its thread has ended".to_string()),
+                    Some(rx) => {
+                        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                            Ok(r) => r.map_err(|e| e.to_string()),
+                            Err(RecvTimeoutError::Timeout) => Err(format!(
+                            "did not answer within {} s (stuck in KVM_RUN or in the host kernel)",
+                            VCPU_DUMP_TIMEOUT.as_secs()
+                        )),
+                            Err(RecvTimeoutError::Disconnected) => {
+                                Err("its thread ended before it answered".to_string())
+                            }
+                        }
+                    }
+                };
+                (index, r)
+            })
+            .collect()
+    }
+
+    /// The first vCPU that triple-faulted, if one did.
+    pub fn triple_faulted(&self) -> Option<u8> {
+        u8::try_from(self.triple_fault.load(Ordering::Acquire)).ok()
     }
 
     pub fn info(&self) -> Vec<VcpuInfo> {

@@ -15,6 +15,7 @@ use thiserror::Error;
 use vm_memory::GuestMemory;
 
 use super::cpuid;
+use super::dump::VcpuDump;
 use super::regs::{self, EntryMode};
 use super::vcpu_state::{StateLayout, VcpuState, VcpuStateError};
 use super::vm::Vm;
@@ -189,7 +190,7 @@ impl Vcpu {
                 }
                 continue;
             }
-            if let Some(why) = self.run_once(&pio, &mmio) {
+            if let Some(why) = self.run_once(&pio, &mmio, &ctl.triple_fault) {
                 if let VmExit::Failed(msg) = &why {
                     error!("{msg}");
                 }
@@ -229,6 +230,10 @@ impl Vcpu {
                 };
                 let _ = reply.send(state);
             }
+            // Between two KVM_RUNs on this thread, whether parked or not.
+            VcpuRequest::Dump(reply) => {
+                let _ = reply.send(VcpuDump::read(index, &self.fd));
+            }
         }
     }
 
@@ -255,7 +260,9 @@ impl Vcpu {
     }
 
     /// One KVM_RUN and the exit it returned; Some when the VM must end.
-    fn run_once(&mut self, pio: &Bus, mmio: &Bus) -> Option<VmExit> {
+    /// A triple fault records this vCPU's index in `triple_fault` (the
+    /// first one wins), for the dump the VM logs as it ends.
+    fn run_once(&mut self, pio: &Bus, mmio: &Bus, triple_fault: &AtomicI32) -> Option<VmExit> {
         let index = self.index;
         match self.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
@@ -284,10 +291,26 @@ impl Vcpu {
                 None
             }
             Ok(VcpuExit::Shutdown) => {
-                warn!(
-                    "vCPU {index}: triple fault; the guest is reset ({})",
-                    self.describe_state()
+                let _ = triple_fault.compare_exchange(
+                    -1,
+                    i32::from(index),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
                 );
+                // KVM on AMD (SVM) clears the vCPU and sends it INIT before
+                // it reports the shutdown: what it holds then is the reset
+                // state, not where the guest died.
+                let after_reset = matches!(
+                    (self.fd.get_regs(), self.fd.get_sregs()),
+                    (Ok(r), Ok(s)) if r.rip == 0xfff0 && s.cs.selector == 0xf000
+                );
+                let state = self.describe_state();
+                let note = if after_reset {
+                    "; KVM reset this vCPU before reporting the fault (AMD), so these are not the registers of the fault"
+                } else {
+                    ""
+                };
+                warn!("vCPU {index}: triple fault; the guest is reset ({state}{note})");
                 Some(VmExit::Reboot)
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
@@ -366,6 +389,9 @@ pub enum VcpuRequest {
     Resume,
     /// Read the vCPU's state (it must be parked).
     Save(Sender<Result<VcpuState, VcpuStateError>>),
+    /// Read what the vCPU is doing, for a diagnostic dump; answered in
+    /// any state, parked or not.
+    Dump(Sender<Result<VcpuDump, VcpuError>>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -384,6 +410,8 @@ pub struct VcpuThreadControl {
     pub tid: Arc<AtomicI32>,
     pub layout: Arc<StateLayout>,
     pub start_paused: bool,
+    /// The index of the first vCPU that triple-faulted; -1 until one does.
+    pub triple_fault: Arc<AtomicI32>,
 }
 
 thread_local! {

@@ -157,7 +157,11 @@ impl DriverQueue {
         // One release store, as a driver publishes it: a device on another
         // thread must never see the index before the entry, or half of it.
         self.mem
-            .store(avail_idx.wrapping_add(1).to_le(), idx_addr, Ordering::Release)
+            .store(
+                avail_idx.wrapping_add(1).to_le(),
+                idx_addr,
+                Ordering::Release,
+            )
             .expect("avail idx");
         head
     }

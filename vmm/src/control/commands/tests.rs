@@ -40,6 +40,7 @@ fn commands_without_arguments_refuse_extra_ones() {
         "query-name",
         "query-migrate",
         "query-vm-generation-id",
+        "x-query-vcpu-dump",
     ] {
         assert_eq!(
             err(name, json!({"force": true})),
