@@ -23,8 +23,8 @@ use vhost::vhost_user::{
 };
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
-    VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -36,6 +36,10 @@ const HDR: u64 = 0x100000;
 const DATA: u64 = 0x200000;
 const STATUS: u64 = 0x300000;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const FLUSH: u64 = 1 << 9;
+const RO: u64 = 1 << 5;
+const MQ: u64 = 1 << 12;
+const DISCARD: u64 = 1 << 13;
 
 /// A front end with one ring in 16 MiB of memfd RAM, as a driver sets it up.
 struct Front {
@@ -48,6 +52,16 @@ struct Front {
 
 impl Front {
     fn connect(socket: &Path, ram_spec: &BackingSpec) -> Result<Front, String> {
+        Front::connect_ring(socket, ram_spec, 1, 0)
+    }
+
+    /// Negotiates `queues` queues and drives ring `index` of them.
+    fn connect_ring(
+        socket: &Path,
+        ram_spec: &BackingSpec,
+        queues: usize,
+        index: usize,
+    ) -> Result<Front, String> {
         let mut b = GuestRam::builder();
         b.add(
             "--memory",
@@ -57,8 +71,8 @@ impl Front {
         )
         .unwrap();
         let ram = b.build().unwrap();
-        let mut conn = BackendConnection::connect(socket, 1).map_err(|e| e.to_string())?;
-        let features = conn.offered_features() & (VIRTIO_F_VERSION_1 | 1 << 9);
+        let mut conn = BackendConnection::connect(socket, queues).map_err(|e| e.to_string())?;
+        let features = conn.offered_features() & (VIRTIO_F_VERSION_1 | FLUSH | MQ | DISCARD);
         conn.set_features(features).map_err(|e| e.to_string())?;
         conn.set_memory(&ram).map_err(|e| e.to_string())?;
         let queue = DriverQueue::new(ram.memory(), GuestAddress(RING), 64);
@@ -70,7 +84,7 @@ impl Front {
             avail: queue.avail_ring(),
             used: queue.used_ring(),
         };
-        conn.start_ring(&ram, 0, ring, 0, &kick, &call)
+        conn.start_ring(&ram, index, ring, 0, &kick, &call)
             .map_err(|e| e.to_string())?;
         Ok(Front {
             ram,
@@ -220,6 +234,76 @@ fn with_direct_aligned_and_unaligned_requests_both_reach_the_image() {
             .unwrap();
         assert_eq!(&on_disk, data, "sector {sector}");
     }
+}
+
+#[test]
+fn readonly_offers_ro_and_refuses_writes_leaving_the_image_alone() {
+    let dir = Scratch::new("ro");
+    let img = image(&dir.0, MIB);
+    fs::write(&img, pattern(MIB as usize, 4)).unwrap();
+    let sock = dir.0.join("blk.sock");
+    let _d = Daemon::start(
+        DAEMON,
+        &sock,
+        &["--image", img.to_str().unwrap(), "--readonly"],
+    );
+    let mut f = Front::shared(&sock);
+    assert_ne!(f.conn.offered_features() & RO, 0, "VIRTIO_BLK_F_RO offered");
+    assert_eq!(
+        f.conn.offered_features() & DISCARD,
+        0,
+        "no DISCARD on a read-only disk"
+    );
+    let (status, _) = f.request(VIRTIO_BLK_T_OUT, 0, Some((&[0u8; 512], true)));
+    assert_eq!(status, VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(f.read(0, 512), pattern(MIB as usize, 4)[..512].to_vec());
+    assert_eq!(fs::read(&img).unwrap(), pattern(MIB as usize, 4));
+}
+
+#[test]
+fn several_queues_are_offered_and_each_is_served() {
+    let dir = Scratch::new("mq");
+    let img = image(&dir.0, 4 * MIB);
+    let sock = dir.0.join("blk.sock");
+    let _d = Daemon::start(
+        DAEMON,
+        &sock,
+        &["--image", img.to_str().unwrap(), "--queues", "2"],
+    );
+    let data = pattern(4096, 13);
+    let mut f = Front::connect_ring(&sock, &BackingSpec::memfd(true), 2, 1).unwrap();
+    assert_ne!(f.conn.offered_features() & MQ, 0, "VIRTIO_BLK_F_MQ offered");
+    let cfg = f.conn.config(34, 2).unwrap();
+    assert_eq!(
+        u16::from_le_bytes([cfg[0], cfg[1]]),
+        2,
+        "num_queues in the config"
+    );
+    let (status, _) = f.request(VIRTIO_BLK_T_OUT, 40, Some((&data, true)));
+    assert_eq!(status, VIRTIO_BLK_S_OK as u8, "served on queue 1");
+    assert_eq!(f.read(40, 4096), data);
+}
+
+#[test]
+fn discard_punches_the_range_back_to_zeroes() {
+    let dir = Scratch::new("discard");
+    let img = image(&dir.0, 4 * MIB);
+    let sock = dir.0.join("blk.sock");
+    let _d = Daemon::start(DAEMON, &sock, &["--image", img.to_str().unwrap()]);
+    let mut f = Front::shared(&sock);
+    let data = pattern(8192, 17);
+    assert_eq!(
+        f.request(VIRTIO_BLK_T_OUT, 64, Some((&data, true))).0,
+        VIRTIO_BLK_S_OK as u8
+    );
+    let mut seg = [0u8; 16];
+    seg[0..8].copy_from_slice(&64u64.to_le_bytes());
+    seg[8..12].copy_from_slice(&16u32.to_le_bytes());
+    assert_eq!(
+        f.request(VIRTIO_BLK_T_DISCARD, 0, Some((&seg, true))).0,
+        VIRTIO_BLK_S_OK as u8
+    );
+    assert_eq!(f.read(64, 8192), vec![0u8; 8192]);
 }
 
 #[test]

@@ -21,6 +21,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-net");
 const MIB: u64 = 1 << 20;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const VIRTIO_NET_F_MQ: u64 = 1 << 22;
 const RX_BUFS: u64 = 0x100000;
 const TX_BUF: u64 = 0x200000;
 const BUF_LEN: u32 = 2048;
@@ -38,6 +39,11 @@ struct Front {
 
 impl Front {
     fn connect(socket: &Path) -> Front {
+        Front::connect_pair(socket, 1, 0)
+    }
+
+    /// Negotiates `pairs` queue pairs and drives pair `pair` of them.
+    fn connect_pair(socket: &Path, pairs: usize, pair: usize) -> Front {
         let mut b = GuestRam::builder();
         b.add(
             "--memory",
@@ -47,8 +53,9 @@ impl Front {
         )
         .unwrap();
         let ram = b.build().unwrap();
-        let mut conn = BackendConnection::connect(socket, 2).unwrap();
-        conn.set_features(VIRTIO_F_VERSION_1).unwrap();
+        let mut conn = BackendConnection::connect(socket, 2 * pairs).unwrap();
+        conn.set_features(conn.offered_features() & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ))
+            .unwrap();
         conn.set_memory(&ram).unwrap();
         let rx = DriverQueue::new(ram.memory(), GuestAddress(0x10000), 16);
         let tx = DriverQueue::new(ram.memory(), GuestAddress(0x20000), 16);
@@ -61,7 +68,7 @@ impl Front {
                 avail: q.avail_ring(),
                 used: q.used_ring(),
             };
-            conn.start_ring(&ram, i, ring, 0, &kicks[i], &calls[i])
+            conn.start_ring(&ram, 2 * pair + i, ring, 0, &kicks[i], &calls[i])
                 .unwrap();
         }
         let mut f = Front {
@@ -166,6 +173,47 @@ fn packets_flow_both_ways_and_a_second_front_end_is_served() {
         }
         // The TAP stayed attached across front ends.
         assert!(ip(&["-o", "link", "show", "dev", "vun0"]).contains("UP"));
+    });
+}
+
+#[test]
+fn each_queue_pair_has_its_own_tap_queue() {
+    in_netns(|| {
+        ip(&[
+            "tuntap",
+            "add",
+            "dev",
+            "vumq0",
+            "mode",
+            "tap",
+            "multi_queue",
+        ]);
+        ip(&[
+            "link",
+            "set",
+            "dev",
+            "vumq0",
+            "address",
+            "02:00:00:00:00:01",
+        ]);
+        ip(&["addr", "add", HOST_CIDR, "dev", "vumq0"]);
+        ip(&["link", "set", "dev", "vumq0", "up"]);
+        let dir = Scratch::new("netmq");
+        let sock = dir.0.join("net.sock");
+        let mut d = Daemon::start(DAEMON, &sock, &["--tap", "vumq0", "--queues", "2"]);
+        let host_udp = UdpSocket::bind("10.0.2.1:5002").unwrap();
+        host_udp.set_read_timeout(Some(WAIT)).unwrap();
+        let mut f = Front::connect_pair(&sock, 2, 1);
+        d.wait_for("front end 1 connected");
+        f.send(&with_hdr(
+            VnetHdr::default(),
+            &udp_to_host(b"on pair 1", 5002),
+        ));
+        let mut buf = [0u8; 64];
+        let (n, _) = host_udp
+            .recv_from(&mut buf)
+            .expect("datagram sent on pair 1");
+        assert_eq!(&buf[..n], b"on pair 1");
     });
 }
 
