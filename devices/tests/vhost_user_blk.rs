@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use std::os::unix::io::AsRawFd;
 
-use common::{pattern, Daemon, Scratch};
+use common::{pattern, Daemon, PrivateFront, Scratch};
 use devices::ram::{BackingSpec, GuestRam, RegionRole};
 use devices::vhost_user::frontend::{BackendConnection, RingAddrs};
 use devices::virtio::testing::{Buf, DriverQueue};
@@ -21,12 +21,12 @@ use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
@@ -384,64 +384,12 @@ fn a_front_end_with_private_ram_is_reported_instead_of_a_silent_hang() {
     let img = image(&dir.0, MIB);
     let sock = dir.0.join("blk.sock");
     let mut d = Daemon::start(DAEMON, &sock, &["--image", img.to_str().unwrap()]);
-    let ram_file = dir.0.join("memory");
-    let mut b = GuestRam::builder();
-    b.add(
-        "--memory",
-        &BackingSpec::file(&ram_file, false),
-        RegionRole::Boot,
-        &[(GuestAddress(0), 16 * MIB)],
-    )
-    .unwrap();
-    let ram = b.build().unwrap();
-    let fd = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&ram_file)
-        .unwrap();
-    let host = |a: GuestAddress| ram.memory().get_host_address(a).unwrap() as u64;
-    let mut fe = Frontend::connect(&sock, 1).unwrap();
-    fe.set_owner().unwrap();
-    fe.get_features().unwrap();
-    fe.get_protocol_features().unwrap();
-    fe.set_protocol_features(VhostUserProtocolFeatures::REPLY_ACK)
-        .unwrap();
-    fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-    fe.set_features(VIRTIO_F_VERSION_1 | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits())
-        .unwrap();
-    fe.set_mem_table(&[VhostUserMemoryRegionInfo {
-        guest_phys_addr: 0,
-        memory_size: 16 * MIB,
-        userspace_addr: host(GuestAddress(0)),
-        mmap_offset: 0,
-        mmap_handle: fd.as_raw_fd(),
-    }])
-    .expect("a writable fd maps fine: nothing fails, which is the danger");
-    let mut q = DriverQueue::new(ram.memory(), GuestAddress(RING), 64);
-    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
-    let call = EventFd::new(EFD_NONBLOCK).unwrap();
-    fe.set_vring_num(0, 64).unwrap();
-    fe.set_vring_addr(
-        0,
-        &VringConfigData {
-            queue_max_size: 64,
-            queue_size: 64,
-            flags: 0,
-            desc_table_addr: host(q.desc_table()),
-            used_ring_addr: host(q.used_ring()),
-            avail_ring_addr: host(q.avail_ring()),
-            log_addr: None,
-        },
-    )
-    .unwrap();
-    fe.set_vring_base(0, 0).unwrap();
-    fe.set_vring_call(0, &call).unwrap();
-    fe.set_vring_kick(0, &kick).unwrap();
-    fe.set_vring_enable(0, true).unwrap();
-
+    let mut p = PrivateFront::connect(&sock, &dir.0.join("memory"), 1);
+    let mut q = DriverQueue::new(p.ram.memory(), GuestAddress(RING), 64);
+    let (kick, _call) = p.start_ring(0, &q);
     let mut hdr = [0u8; 16];
     hdr[0..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
-    ram.memory().write_slice(&hdr, GuestAddress(HDR)).unwrap();
+    p.ram.memory().write_slice(&hdr, GuestAddress(HDR)).unwrap();
     q.add_chain(&[Buf::r(HDR, 16), Buf::w(DATA, 512), Buf::w(STATUS, 1)]);
     kick.write(1).unwrap();
     let line = d.wait_for("probably private");

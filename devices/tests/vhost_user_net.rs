@@ -9,7 +9,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Scratch};
+use common::{Daemon, PrivateFront, Scratch};
 use devices::ram::{BackingSpec, GuestRam, RegionRole};
 use devices::vhost_user::frontend::{BackendConnection, RingAddrs};
 use devices::virtio::testing::frames::*;
@@ -214,6 +214,29 @@ fn each_queue_pair_has_its_own_tap_queue() {
             .recv_from(&mut buf)
             .expect("datagram sent on pair 1");
         assert_eq!(&buf[..n], b"on pair 1");
+    });
+}
+
+#[test]
+fn a_front_end_with_private_ram_is_reported_instead_of_a_silent_hang() {
+    in_netns(|| {
+        add_tap("vun2", HOST_MAC, None);
+        let dir = Scratch::new("netpriv");
+        let sock = dir.0.join("net.sock");
+        let mut d = Daemon::start(DAEMON, &sock, &["--tap", "vun2"]);
+        let mut p = PrivateFront::connect(&sock, &dir.0.join("memory"), 2);
+        let mut rx = DriverQueue::new(p.ram.memory(), GuestAddress(0x10000), 16);
+        let (kick, _call) = p.start_ring(0, &rx);
+        // As Linux's driver does at probe: post RX buffers, kick once.
+        for i in 0..8 {
+            rx.add_chain(&[Buf::w(RX_BUFS + u64::from(i * BUF_LEN), BUF_LEN)]);
+        }
+        kick.write(1).unwrap();
+        let line = d.wait_for("probably private");
+        assert!(
+            line.contains("queue 0") && line.contains("share=on"),
+            "{line}"
+        );
     });
 }
 

@@ -68,6 +68,9 @@ struct PairState {
     counters: NetCounters,
     rx_watch: KickWatch,
     tx_watch: KickWatch,
+    /// The RX ring's avail index at the last kick: RX buffers stay
+    /// available until packets come, so new ones show only in the index.
+    rx_avail_seen: Option<u16>,
 }
 
 /// Local event numbers of a pair's worker: its two kicks, then the TAP.
@@ -140,6 +143,7 @@ impl NetBackend {
             counters,
             rx_watch,
             tx_watch,
+            rx_avail_seen,
         } = &mut *st;
         let tap_event = u64::from(event) == self.tap_event();
         if event == RX_EVENT || tap_event {
@@ -158,10 +162,15 @@ impl NetBackend {
             );
             self.finish(&mut ring, &mem, run, 2 * pair);
             if event == RX_EVENT {
-                // An RX kick means buffers were added; a held packet shows
-                // they were not, or not enough for it.
-                let served = usize::from(run.completed || !rx.stalled());
-                rx_watch.kicked(served, &inner.name, 2 * pair);
+                // An RX kick means buffers were added: the avail index moved.
+                let avail = ring
+                    .get_queue()
+                    .avail_idx(&*mem, Ordering::Acquire)
+                    .map(|w| w.0)
+                    .ok();
+                let moved = avail.is_some() && avail != *rx_avail_seen && avail != Some(0);
+                *rx_avail_seen = avail;
+                rx_watch.kicked(usize::from(moved), &inner.name, 2 * pair);
             }
         } else if event == TX_EVENT {
             let mut ring = tx_ring.get_mut();
@@ -340,6 +349,7 @@ impl DaemonDevice for NetBackend {
             st.rx.clear();
             st.rx_watch = KickWatch::default();
             st.tx_watch = KickWatch::default();
+            st.rx_avail_seen = None;
             if let Err(e) = p.tap.set_offload(0) {
                 warn!("{}: clearing the TAP's offloads: {e}", inner.name);
             }
