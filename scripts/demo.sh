@@ -7,10 +7,12 @@
 # guest over QMP, kill the VMM and restore it in a new process, make a
 # template of the Debian guest and start clones of it (clone start time and
 # memory beside a cold boot, vmm beside QEMU 7.2's templating flow), and
-# start clones of a saved tiny VM on this host's own KVM.
+# start clones of a saved tiny VM on this host's own KVM; and the
+# vhost-user daemons serving a Debian guest's disk and NIC (restarted
+# under it), with vhost-user beside RAM a clone could not share refused.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p vmm
+cargo build --release -p vmm -p devices --bins
 vmm=${CARGO_TARGET_DIR:-target}/release/vmm
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -36,6 +38,13 @@ if $vmm run --dry-run --kernel "$work/bzImage" \
     echo "demo: the policy should have refused this" >&2
     exit 1
 fi
+echo "== a disk on vhost-user with template-clone RAM: refused before anything runs"
+if $vmm run --dry-run --kernel "$work/bzImage" \
+    --memory "size=256M,backing=file,path=$work/template.ram,share=off,readonly=on,rom=off" \
+    --vhost-user-blk socket=$work/vu.sock; then
+    echo "demo: the policy should have refused this" >&2
+    exit 1
+fi
 echo "== Debian's stock kernel booted by vmm, 2 vCPUs, a disk written and read back"
 tests/lab/run boot block || exit 1
 echo "== a Linux guest saved mid-run over QMP, vmm killed, restored in a new process"
@@ -46,4 +55,6 @@ echo "== clone start and memory beside a cold boot: vmm and QEMU 7.2's templatin
 tests/lab/bench-template --runs 1 --no-doc || exit 1
 echo "== clones of a 64 MiB VM whose RAM stays in its file (x-ignore-shared), on this host's KVM"
 python3 scripts/bench-restore.py --only vmm --runs 5 || exit 1
+echo "== vhost-user-blk and vhost-user-net serving a Debian guest on vmm, both restarted under it"
+tests/lab/run vhost-user || exit 1
 echo "demo: ok"
