@@ -511,13 +511,17 @@ fn main() {
     println!("|---|---|---|---|---|---|---|");
     let mut results: Vec<(Target, bool, &'static str, f64)> = Vec::new();
     for direct in [false, true] {
-        for target in [Target::Ours, Target::Qsd, Target::InProcess] {
-            if target == Target::InProcess && direct {
-                continue;
-            }
-            for job in JOBS {
-                let mut samples = Vec::new();
-                for _ in 0..o.runs {
+        let targets: &[Target] = if direct {
+            &[Target::Ours, Target::Qsd]
+        } else {
+            &[Target::Ours, Target::Qsd, Target::InProcess]
+        };
+        for job in JOBS {
+            // The targets take turns within each run, so that whatever
+            // else the machine does falls on all of them alike.
+            let mut samples: Vec<Vec<Sample>> = targets.iter().map(|_| Vec::new()).collect();
+            for _ in 0..o.runs {
+                for (t, &target) in targets.iter().enumerate() {
                     let _daemon = start(target, direct, &image, &socket);
                     let mut engine: Box<dyn Engine> = match target {
                         Target::InProcess => Box::new(InProcess::new(&image, image_bytes)),
@@ -526,9 +530,11 @@ fn main() {
                     assert!(job.qd <= MAX_QD);
                     // Warm up the path (and the page cache for reads).
                     measure(engine.as_mut(), job, (o.seconds / 5.0).min(0.3));
-                    samples.push(measure(engine.as_mut(), job, o.seconds));
+                    samples[t].push(measure(engine.as_mut(), job, o.seconds));
                 }
-                let s = median(samples);
+            }
+            for (&target, s) in targets.iter().zip(samples) {
+                let s = median(s);
                 println!(
                     "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} |",
                     target.label(),

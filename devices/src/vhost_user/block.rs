@@ -216,6 +216,7 @@ impl BlockBackend {
 /// notifications re-enabled.
 fn take_requests(queue: &mut Queue, mem: &GuestMemoryMmap, name: &str) -> Vec<Request> {
     let mut batch = Vec::new();
+    let mut empty_rounds = 0;
     loop {
         if let Err(e) = queue.disable_notification(mem) {
             warn!("{name}: cannot suppress notifications: {e}");
@@ -224,8 +225,15 @@ fn take_requests(queue: &mut Queue, mem: &GuestMemoryMmap, name: &str) -> Vec<Re
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             batch.push(Request::from_chain(chain));
         }
+        empty_rounds = if batch.len() == before {
+            empty_rounds + 1
+        } else {
+            0
+        };
         match queue.enable_notification(mem) {
-            Ok(true) if batch.len() > before => {}
+            // One empty round is the driver publishing between our last
+            // look and re-enabling notifications: look again.
+            Ok(true) if empty_rounds < 2 => {}
             Ok(true) => {
                 // The avail index promises chains pop_descriptor_chain
                 // refuses (it is over a queue ahead); retrying would spin.

@@ -100,6 +100,7 @@ pub fn process_queue<M: GuestMemoryBackend>(
     id: &[u8; ID_BYTES],
 ) -> usize {
     let mut total = 0usize;
+    let mut empty_rounds = 0;
     loop {
         if let Err(e) = queue.disable_notification(mem) {
             warn!("virtio-blk: cannot suppress notifications: {e}");
@@ -114,9 +115,12 @@ pub fn process_queue<M: GuestMemoryBackend>(
             processed += 1;
         }
         total += processed;
+        empty_rounds = if processed == 0 { empty_rounds + 1 } else { 0 };
         match queue.enable_notification(mem) {
             Ok(false) => break,
-            Ok(true) if processed == 0 => {
+            // One empty round is the driver publishing between our last
+            // look and re-enabling notifications: look again.
+            Ok(true) if empty_rounds >= 2 => {
                 // The avail index promises chains pop_descriptor_chain
                 // refuses (it is over a queue ahead); retrying would spin.
                 warn!("virtio-blk: the driver's avail index is inconsistent; waiting for the next notification");
