@@ -11,7 +11,9 @@
 //! Options: `--runs N` (medians of N, default 5), `--seconds S` per
 //! measurement (default 1.5), `--image-mib M` (default 256), `--dir D`
 //! (where the image goes, default /var/tmp: O_DIRECT needs a real disk),
-//! `--quick` (one run of 0.3 s each, to check the harness).
+//! `--quick` (one run of 0.3 s each, to check the harness), `--jobs TEXT`
+//! (only the jobs whose name contains TEXT), `--direct on|off` (only that
+//! O_DIRECT setting), `--io-threads N` (passed to vhost-user-blk).
 
 use std::collections::VecDeque;
 use std::fs;
@@ -114,6 +116,12 @@ impl Target {
 }
 
 struct Opts {
+    /// Only the jobs whose name contains this.
+    jobs: Option<String>,
+    /// Only O_DIRECT on (Some(true)) or off.
+    direct: Option<bool>,
+    /// Passed to vhost-user-blk.
+    io_threads: Option<String>,
     runs: usize,
     seconds: f64,
     image_mib: u64,
@@ -122,6 +130,9 @@ struct Opts {
 
 fn opts() -> Opts {
     let mut o = Opts {
+        jobs: None,
+        direct: None,
+        io_threads: None,
         runs: 5,
         seconds: 1.5,
         image_mib: 256,
@@ -138,6 +149,9 @@ fn opts() -> Opts {
             "--seconds" => o.seconds = val("--seconds").parse().expect("--seconds S"),
             "--image-mib" => o.image_mib = val("--image-mib").parse().expect("--image-mib M"),
             "--dir" => o.dir = PathBuf::from(val("--dir")),
+            "--jobs" => o.jobs = Some(val("--jobs")),
+            "--direct" => o.direct = Some(val("--direct") == "on"),
+            "--io-threads" => o.io_threads = Some(val("--io-threads")),
             "--quick" => {
                 o.runs = 1;
                 o.seconds = 0.3;
@@ -426,7 +440,13 @@ fn wait_socket(p: &Path) {
     }
 }
 
-fn start(target: Target, direct: bool, image: &Path, socket: &Path) -> Option<Daemon> {
+fn start(
+    target: Target,
+    direct: bool,
+    image: &Path,
+    socket: &Path,
+    io_threads: Option<&str>,
+) -> Option<Daemon> {
     let _ = fs::remove_file(socket);
     let child = match target {
         Target::InProcess => return None,
@@ -437,6 +457,9 @@ fn start(target: Target, direct: bool, image: &Path, socket: &Path) -> Option<Da
             c.arg("--socket").arg(socket).arg("--image").arg(image);
             if direct {
                 c.arg("--direct");
+            }
+            if let Some(n) = io_threads {
+                c.arg("--io-threads").arg(n);
             }
             c.env("RUST_LOG", "warn")
                 .stderr(Stdio::inherit())
@@ -511,18 +534,27 @@ fn main() {
     println!("|---|---|---|---|---|---|---|");
     let mut results: Vec<(Target, bool, &'static str, f64)> = Vec::new();
     for direct in [false, true] {
+        if o.direct.is_some_and(|d| d != direct) {
+            continue;
+        }
         let targets: &[Target] = if direct {
             &[Target::Ours, Target::Qsd]
         } else {
             &[Target::Ours, Target::Qsd, Target::InProcess]
         };
         for job in JOBS {
+            if o.jobs
+                .as_ref()
+                .is_some_and(|j| !job.name.contains(j.as_str()))
+            {
+                continue;
+            }
             // The targets take turns within each run, so that whatever
             // else the machine does falls on all of them alike.
             let mut samples: Vec<Vec<Sample>> = targets.iter().map(|_| Vec::new()).collect();
             for _ in 0..o.runs {
                 for (t, &target) in targets.iter().enumerate() {
-                    let _daemon = start(target, direct, &image, &socket);
+                    let _daemon = start(target, direct, &image, &socket, o.io_threads.as_deref());
                     let mut engine: Box<dyn Engine> = match target {
                         Target::InProcess => Box::new(InProcess::new(&image, image_bytes)),
                         _ => Box::new(VhostUser::connect(&socket, image_bytes)),
@@ -560,7 +592,9 @@ fn main() {
     };
     for direct in [false, true] {
         for job in JOBS {
-            let ours = get(Target::Ours, direct, job.name).unwrap_or(f64::NAN);
+            let Some(ours) = get(Target::Ours, direct, job.name) else {
+                continue;
+            };
             let qsd = get(Target::Qsd, direct, job.name).unwrap_or(f64::NAN);
             let inproc = get(Target::InProcess, direct, job.name)
                 .map_or("-".to_string(), |v| format!("{:.2}", v / ours));

@@ -46,7 +46,7 @@ struct Args {
     /// Threads that run requests in parallel when several wait (0: each
     /// queue's worker runs them one by one). A lone request always runs on
     /// its queue's worker, for the lowest latency.
-    #[arg(long, value_name = "N", default_value_t = 8,
+    #[arg(long, value_name = "N", default_value_t = 32,
           value_parser = clap::value_parser!(u16).range(0..=256))]
     io_threads: u16,
     /// Serial number the guest reads with GET_ID (up to 20 bytes).
