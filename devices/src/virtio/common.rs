@@ -32,6 +32,12 @@ pub struct VirtioCommon {
     pub avail_features: u64,
     /// Features the driver accepted (a subset of `avail_features`).
     pub acked_features: u64,
+    /// Bits the driver's last write of each features page set although the
+    /// device never offered them. They are kept out of `acked_features`,
+    /// and while any remain the device refuses FEATURES_OK (virtio 1.2,
+    /// 2.2.2), so the driver learns that its choice was not accepted. Only
+    /// meaningful before FEATURES_OK, so it is not part of the saved state.
+    pub(super) unoffered_features: u64,
     pub status: u8,
     pub config_generation: u32,
     pub queues: Vec<Queue>,
@@ -56,6 +62,7 @@ impl VirtioCommon {
             device_type,
             avail_features: avail_features | VIRTIO_F_VERSION_1,
             acked_features: 0,
+            unoffered_features: 0,
             status: 0,
             config_generation: 0,
             queues,
@@ -79,7 +86,8 @@ impl VirtioCommon {
     }
 
     /// The driver writes page `select` of the features it accepts; bits not
-    /// offered are dropped (and logged), and nothing changes after FEATURES_OK.
+    /// offered are remembered (FEATURES_OK will be refused while a page
+    /// holds any), and nothing changes after FEATURES_OK.
     pub fn ack_features_page(&mut self, select: u32, value: u32) {
         if self.status & STATUS_FEATURES_OK != 0 {
             warn!(
@@ -94,13 +102,10 @@ impl VirtioCommon {
             _ => return,
         };
         let wanted = (u64::from(value) << shift) & mask;
-        let unknown = wanted & !self.avail_features;
-        if unknown != 0 {
-            warn!(
-                "virtio type {}: driver accepted features {unknown:#x} that were not offered; dropped",
-                self.device_type
-            );
-        }
+        // A later write of the same page replaces the earlier one, so a
+        // driver that corrects its choice before FEATURES_OK is accepted.
+        self.unoffered_features =
+            (self.unoffered_features & !mask) | (wanted & !self.avail_features);
         self.acked_features = (self.acked_features & !mask) | (wanted & self.avail_features);
     }
 
@@ -128,6 +133,16 @@ impl VirtioCommon {
             error!(
                 "virtio type {}: driver did not accept VIRTIO_F_VERSION_1; refusing FEATURES_OK",
                 self.device_type
+            );
+            new &= !STATUS_FEATURES_OK;
+        }
+        if new & STATUS_FEATURES_OK != 0
+            && old & STATUS_FEATURES_OK == 0
+            && self.unoffered_features != 0
+        {
+            warn!(
+                "virtio type {}: driver accepted features {:#x} that the device never offered (it offers {:#x}); refusing FEATURES_OK (virtio 1.2, 2.2.2), the driver must reset the device and accept only offered features",
+                self.device_type, self.unoffered_features, self.avail_features
             );
             new &= !STATUS_FEATURES_OK;
         }
@@ -173,6 +188,7 @@ impl VirtioCommon {
     /// Back to the state before the driver's first access; the offer stays.
     pub fn reset(&mut self) {
         self.acked_features = 0;
+        self.unoffered_features = 0;
         self.status = 0;
         self.activated = false;
         for q in &mut self.queues {
@@ -212,6 +228,47 @@ impl VirtioCommon {
                     self.device_type
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFERED: u64 = VIRTIO_RING_F_EVENT_IDX | 1 << 5;
+    const DRIVER: u8 = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
+
+    fn common() -> VirtioCommon {
+        let ram = Arc::new(GuestRam::anonymous(1 << 20).unwrap());
+        let mut c = VirtioCommon::new(2, OFFERED, &[16], ram);
+        c.set_status(STATUS_ACKNOWLEDGE);
+        c.set_status(DRIVER);
+        c
+    }
+
+    fn accept(c: &mut VirtioCommon, features: u64) {
+        c.ack_features_page(0, features as u32);
+        c.ack_features_page(1, (features >> 32) as u32);
+    }
+
+    #[test]
+    fn features_ok_needs_a_subset_of_the_offer() {
+        let all = OFFERED | VIRTIO_F_VERSION_1;
+        for extra in [1u64 << 0, 1 << 6, 1 << 31, 1 << 33, 1 << 63] {
+            let mut c = common();
+            accept(&mut c, all | extra);
+            assert_eq!(c.acked_features, all, "only offered bits are negotiated");
+            c.set_status(DRIVER | STATUS_FEATURES_OK);
+            assert_eq!(c.status, DRIVER, "extra bit {extra:#x}");
+        }
+        // The offer itself, or part of it, is accepted.
+        for features in [all, VIRTIO_F_VERSION_1] {
+            let mut c = common();
+            accept(&mut c, features);
+            c.set_status(DRIVER | STATUS_FEATURES_OK);
+            assert_eq!(c.status, DRIVER | STATUS_FEATURES_OK);
+            assert_eq!(c.acked_features, features);
         }
     }
 }

@@ -305,6 +305,50 @@ fn features_ok_is_refused_without_version_1() {
     assert_ne!(acked, 0);
 }
 
+/// virtio 1.2, 2.2.2: the device refuses FEATURES_OK when it does not
+/// accept the driver's choice, which includes bits it never offered; the
+/// driver sees that by reading the status back.
+#[test]
+fn features_ok_is_refused_for_features_never_offered() {
+    let mut rig = Rig::new();
+    rig.w32(STATUS_OFFSET, u32::from(STATUS_ACKNOWLEDGE));
+    rig.w32(STATUS_OFFSET, DRIVER_STATUS);
+    let offered = rig.device_features();
+    let not_offered = 1u64 << (!offered).trailing_zeros();
+    assert_eq!(offered & not_offered, 0);
+    rig.write_driver_features(offered | not_offered);
+    rig.w32(STATUS_OFFSET, FEATURES_STATUS);
+    assert_eq!(
+        rig.r32(STATUS_OFFSET),
+        DRIVER_STATUS,
+        "FEATURES_OK must not stick"
+    );
+    // Nor can the device go live on that choice.
+    rig.w32(STATUS_OFFSET, LIVE_STATUS);
+    assert_eq!(rig.r32(STATUS_OFFSET), DRIVER_STATUS);
+    assert!(!rig.block.lock().unwrap().common().activated);
+
+    // A bit the device never offered on the high page counts the same.
+    let high = 1u64 << (32 + (!(offered >> 32)).trailing_zeros());
+    assert_eq!(offered & high, 0);
+    rig.write_driver_features(offered | high);
+    rig.w32(STATUS_OFFSET, FEATURES_STATUS);
+    assert_eq!(rig.r32(STATUS_OFFSET), DRIVER_STATUS);
+
+    // A driver that corrects its choice before FEATURES_OK is accepted.
+    rig.write_driver_features(offered);
+    rig.w32(STATUS_OFFSET, FEATURES_STATUS);
+    assert_eq!(rig.r32(STATUS_OFFSET), FEATURES_STATUS);
+
+    // A reset forgets the refused choice too.
+    rig.w32(STATUS_OFFSET, 0);
+    rig.w32(STATUS_OFFSET, u32::from(STATUS_ACKNOWLEDGE));
+    rig.w32(STATUS_OFFSET, DRIVER_STATUS);
+    rig.write_driver_features(offered | not_offered);
+    rig.w32(STATUS_OFFSET, 0);
+    let _dq = rig.init();
+}
+
 #[test]
 fn block_write_and_read_through_the_registers() {
     let mut rig = Rig::new();
