@@ -16,7 +16,7 @@ pub mod persist;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 
-pub use common::{ActivateError, VirtioCommon};
+pub use common::{ActivateError, QueueFault, Ring, VirtioCommon};
 pub use interrupt::{InterruptKind, VirtioInterrupt};
 
 use virtio_bindings::virtio_config;

@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use virtio_queue::desc::split::{Descriptor as SplitDescriptor, VirtqUsedElem};
 use virtio_queue::desc::RawDescriptor;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::{
-    ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, STATUS_ACKNOWLEDGE, STATUS_DRIVER,
-    STATUS_DRIVER_OK, STATUS_FEATURES_OK,
+    ActivateError, InterruptKind, Ring, VirtioCommon, VirtioDevice, VirtioInterrupt,
+    STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
 };
 use crate::ram::GuestMemoryMmap;
 
@@ -104,13 +104,24 @@ impl DriverQueue {
         self.used
     }
 
-    /// What a driver writes into the transport's queue registers.
-    pub fn configure(&self, q: &mut Queue) {
-        q.set_size(self.size);
-        q.set_desc_table_address(Some(self.base.0 as u32), Some((self.base.0 >> 32) as u32));
-        q.set_avail_ring_address(Some(self.avail.0 as u32), Some((self.avail.0 >> 32) as u32));
-        q.set_used_ring_address(Some(self.used.0 as u32), Some((self.used.0 >> 32) as u32));
-        q.set_ready(true);
+    /// What a driver writes into the transport's registers for queue `index`.
+    pub fn configure(&self, c: &mut VirtioCommon, index: usize) {
+        c.queues[index]
+            .try_set_size(self.size)
+            .expect("a power-of-two queue size within the device's maximum");
+        for (ring, addr) in [
+            (Ring::Descriptors, self.base),
+            (Ring::Driver, self.avail),
+            (Ring::Device, self.used),
+        ] {
+            c.write_ring_address(
+                index,
+                ring,
+                Some(addr.0 as u32),
+                Some((addr.0 >> 32) as u32),
+            );
+        }
+        c.queues[index].set_ready(true);
     }
 
     /// Writes a well-formed chain into free descriptors and makes it available. Returns its head.
@@ -235,7 +246,7 @@ pub fn init_device(
     c.ack_features_page(1, (accept >> 32) as u32);
     c.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
     for (i, dq) in queues.iter().enumerate() {
-        dq.configure(&mut c.queues[i]);
+        dq.configure(c, i);
     }
     if c.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK) {
         dev.activate()?;

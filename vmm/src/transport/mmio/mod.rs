@@ -13,7 +13,9 @@
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use devices::virtio::{VirtioDevice, VirtioInterrupt, STATUS_DRIVER, STATUS_DRIVER_OK};
+use devices::virtio::{
+    Ring, VirtioCommon, VirtioDevice, VirtioInterrupt, STATUS_DRIVER, STATUS_DRIVER_OK,
+};
 use log::{error, warn};
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
@@ -291,7 +293,8 @@ impl MmioTransport {
             DRIVER_FEATURES_SEL_OFFSET => self.driver_features_sel = value,
             QUEUE_SEL_OFFSET => self.queue_sel = value,
             QUEUE_NUM_OFFSET => match u16::try_from(value) {
-                Ok(size) => self.configure_queue("QueueNum", |q| {
+                Ok(size) => self.configure_queue("QueueNum", |c, index| {
+                    let q = &mut c.queues[index];
                     if q.try_set_size(size).is_err() {
                         warn!(
                             "virtio-mmio: queue size {size} is not a power of two up to {}; ignored",
@@ -310,24 +313,12 @@ impl MmioTransport {
                 self.interrupt.ack(value & VIRTIO_MMIO_INT_ALL);
             }
             STATUS_OFFSET => self.write_status(value),
-            QUEUE_DESC_LOW_OFFSET => {
-                self.configure_queue("QueueDescLow", |q| q.set_desc_table_address(Some(value), None))
-            }
-            QUEUE_DESC_HIGH_OFFSET => self.configure_queue("QueueDescHigh", |q| {
-                q.set_desc_table_address(None, Some(value))
-            }),
-            QUEUE_DRIVER_LOW_OFFSET => self.configure_queue("QueueDriverLow", |q| {
-                q.set_avail_ring_address(Some(value), None)
-            }),
-            QUEUE_DRIVER_HIGH_OFFSET => self.configure_queue("QueueDriverHigh", |q| {
-                q.set_avail_ring_address(None, Some(value))
-            }),
-            QUEUE_DEVICE_LOW_OFFSET => self.configure_queue("QueueDeviceLow", |q| {
-                q.set_used_ring_address(Some(value), None)
-            }),
-            QUEUE_DEVICE_HIGH_OFFSET => self.configure_queue("QueueDeviceHigh", |q| {
-                q.set_used_ring_address(None, Some(value))
-            }),
+            QUEUE_DESC_LOW_OFFSET => self.write_ring("QueueDescLow", Ring::Descriptors, Some(value), None),
+            QUEUE_DESC_HIGH_OFFSET => self.write_ring("QueueDescHigh", Ring::Descriptors, None, Some(value)),
+            QUEUE_DRIVER_LOW_OFFSET => self.write_ring("QueueDriverLow", Ring::Driver, Some(value), None),
+            QUEUE_DRIVER_HIGH_OFFSET => self.write_ring("QueueDriverHigh", Ring::Driver, None, Some(value)),
+            QUEUE_DEVICE_LOW_OFFSET => self.write_ring("QueueDeviceLow", Ring::Device, Some(value), None),
+            QUEUE_DEVICE_HIGH_OFFSET => self.write_ring("QueueDeviceHigh", Ring::Device, None, Some(value)),
             SHM_SEL_OFFSET => self.shm_sel = value,
             MAGIC_VALUE_OFFSET
             | VERSION_OFFSET
@@ -359,7 +350,7 @@ impl MmioTransport {
     /// Applies a queue-configuration write to the selected queue, unless the
     /// driver may no longer change it: the queue is enabled or the device is
     /// live (virtio 1.2, 4.2.3.2).
-    fn configure_queue(&mut self, register: &str, f: impl FnOnce(&mut Queue)) {
+    fn configure_queue(&mut self, register: &str, f: impl FnOnce(&mut VirtioCommon, usize)) {
         let sel = self.queue_sel;
         let mut dev = lock(&self.device);
         let c = dev.common_mut();
@@ -367,15 +358,24 @@ impl MmioTransport {
             warn!("virtio-mmio: {register} written for queue {sel} after DRIVER_OK; ignored");
             return;
         }
-        let Some(q) = usize::try_from(sel).ok().and_then(|i| c.queues.get_mut(i)) else {
+        let Some(index) = usize::try_from(sel).ok().filter(|&i| i < c.queues.len()) else {
             warn!("virtio-mmio: {register} written for nonexistent queue {sel}; ignored");
             return;
         };
-        if q.ready() {
+        if c.queues[index].ready() {
             warn!("virtio-mmio: {register} written for queue {sel} while it is ready; ignored");
             return;
         }
-        f(q);
+        f(c, index);
+    }
+
+    /// One half of a ring address. A register write cannot fail, so a
+    /// misaligned address, like one never written, is refused when the
+    /// driver sets DRIVER_OK: the device then asks for a reset (NEEDS_RESET).
+    fn write_ring(&mut self, register: &str, ring: Ring, low: Option<u32>, high: Option<u32>) {
+        self.configure_queue(register, |c, index| {
+            c.write_ring_address(index, ring, low, high)
+        });
     }
 
     fn write_queue_ready(&mut self, value: u32) {

@@ -663,6 +663,104 @@ fn activation_failure_sets_needs_reset() {
     assert_eq!(rig.get(s, 1), [VIRTIO_BLK_S_OK]);
 }
 
+/// Sets queue 0 up with rings at `base` (laid out as `DriverQueue` does),
+/// writing only the rings in `write` and adding `skew[ring]` to each
+/// address; then DRIVER_OK. Returns the status read back.
+fn setup_skewed(rig: &mut Rig, base: u64, write: [bool; 3], skew: [u64; 3]) -> u32 {
+    assert_eq!(rig.negotiate(!VIRTIO_RING_F_EVENT_IDX), FEATURES_STATUS);
+    let dq = DriverQueue::new(rig.mem(), GuestAddress(base), QSIZE);
+    rig.w32(QUEUE_SEL_OFFSET, 0);
+    rig.w32(QUEUE_NUM_OFFSET, u32::from(QSIZE));
+    let rings = [
+        (QUEUE_DESC_LOW_OFFSET, dq.desc_table()),
+        (QUEUE_DRIVER_LOW_OFFSET, dq.avail_ring()),
+        (QUEUE_DEVICE_LOW_OFFSET, dq.used_ring()),
+    ];
+    for (i, (low, addr)) in rings.into_iter().enumerate() {
+        if write[i] {
+            let addr = addr.0 + skew[i];
+            rig.w32(low, addr as u32);
+            rig.w32(low + 4, (addr >> 32) as u32);
+        }
+    }
+    rig.w32(QUEUE_READY_OFFSET, 1);
+    rig.w32(STATUS_OFFSET, LIVE_STATUS);
+    rig.r32(STATUS_OFFSET)
+}
+
+/// virtio 1.2, 2.7: the descriptor table is 16-byte aligned, the driver
+/// area 2, the device area 4. A misaligned address used to leave the
+/// queue at guest-physical 0, which the device then read descriptors from
+/// and wrote used entries to; now the device refuses to go live.
+#[test]
+fn misaligned_rings_are_refused_with_needs_reset() {
+    const LOW: usize = 0x1000;
+    for (ring, skew) in [(0, 8), (0, 1), (1, 1), (2, 2), (2, 1)] {
+        let mut rig = Rig::new();
+        rig.mem()
+            .write_slice(&[0x5a; LOW], GuestAddress(0))
+            .unwrap();
+        let mut skews = [0; 3];
+        skews[ring] = skew;
+        let status = setup_skewed(&mut rig, 0x1_0000, [true; 3], skews);
+        assert_ne!(
+            status & u32::from(STATUS_NEEDS_RESET),
+            0,
+            "ring {ring} off by {skew}: status {status:#x}"
+        );
+        assert!(!rig.block.lock().unwrap().common().activated);
+        assert_eq!(rig.r32(INTERRUPT_STATUS_OFFSET), VIRTIO_MMIO_INT_CONFIG);
+        // A notification touches nothing, least of all guest-physical 0.
+        rig.w32(NOTIFY_OFFSET, 0);
+        assert_eq!(
+            rig.get(0, LOW),
+            vec![0x5a; LOW],
+            "ring {ring} off by {skew}"
+        );
+        // The driver can start again properly.
+        rig.w32(STATUS_OFFSET, 0);
+        let mut dq = rig.init();
+        let (_, s) = rig.submit(&mut dq, VIRTIO_BLK_T_IN, 0, &[], SECTOR as u32);
+        rig.w32(NOTIFY_OFFSET, 0);
+        assert_eq!(rig.get(s, 1), [VIRTIO_BLK_S_OK]);
+    }
+}
+
+/// QueueReady before (some of) the ring addresses: the missing rings
+/// would be at guest-physical 0. A ring the driver really places at 0 is
+/// fine (`Rig::init` puts the descriptor table there).
+#[test]
+fn rings_never_written_are_refused_with_needs_reset() {
+    const LOW: usize = 0x1000;
+    for write in [
+        [false; 3],
+        [false, true, true],
+        [true, false, true],
+        [true, true, false],
+    ] {
+        let mut rig = Rig::new();
+        rig.mem()
+            .write_slice(&[0x5a; LOW], GuestAddress(0))
+            .unwrap();
+        let status = setup_skewed(&mut rig, 0x1_0000, write, [0; 3]);
+        assert_ne!(
+            status & u32::from(STATUS_NEEDS_RESET),
+            0,
+            "written {write:?}: status {status:#x}"
+        );
+        assert!(!rig.block.lock().unwrap().common().activated);
+        rig.w32(NOTIFY_OFFSET, 0);
+        assert_eq!(rig.get(0, LOW), vec![0x5a; LOW], "written {write:?}");
+    }
+    // A reset forgets what was written: writing the addresses before the
+    // reset does not count after it.
+    let mut rig = Rig::new();
+    let status = setup_skewed(&mut rig, 0x1_0000, [true; 3], [0; 3]);
+    assert_eq!(status, LIVE_STATUS);
+    let status = setup_skewed(&mut rig, 0x1_0000, [false; 3], [0; 3]);
+    assert_ne!(status & u32::from(STATUS_NEEDS_RESET), 0);
+}
+
 #[test]
 fn queue_evts_match_the_device_queues() {
     let rig = Rig::new();
