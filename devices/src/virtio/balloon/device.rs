@@ -952,6 +952,13 @@ impl VirtioDevice for Balloon {
             }
             return;
         };
+        let queue = self.common.queues.get(usize::from(index));
+        if !queue.is_some_and(|q| q.ready()) {
+            // Its rings were never set up, so they are at guest-physical 0:
+            // processing it would write the guest's memory there.
+            warn!("balloon {role}: queue {index} notified but never made ready; ignored");
+            return;
+        }
         self.process_queue(index, role);
     }
 
