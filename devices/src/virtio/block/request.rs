@@ -45,6 +45,8 @@ enum RequestError {
     OutsideRam { index: usize, addr: u64, len: u32 },
     #[error("a device-readable descriptor follows a device-writable one")]
     ReadableAfterWritable,
+    #[error("a write request has {0} device-writable bytes before its status byte; the data to write must be device-readable (virtio 1.2, 5.2.6)")]
+    WritableWriteData(usize),
     #[error("the chain has {0} readable bytes, fewer than the 16-byte request header")]
     ShortHeader(usize),
     #[error("the request's buffers are shorter than its data")]
@@ -275,6 +277,9 @@ fn execute<M: GuestMemoryBackend>(
             })
         }
         VIRTIO_BLK_T_OUT => {
+            if writer.remaining() != 0 {
+                return Err(RequestError::WritableWriteData(writer.remaining()));
+            }
             if disk.readonly() {
                 return Err(RequestError::ReadOnly);
             }

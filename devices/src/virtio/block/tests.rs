@@ -836,6 +836,32 @@ fn readable_after_writable_gets_ioerr() {
     assert_eq!(r.read(d, 512), vec![UNTOUCHED; 512]);
 }
 
+/// A write's data is device-readable (virtio 1.2, 5.2.6). Data in a
+/// device-writable buffer used to be skipped: the write completed with OK
+/// and nothing written.
+#[test]
+fn write_with_device_writable_data_gets_ioerr() {
+    let (_d, mut r) = rig(false);
+    let before = r.image();
+    let h = r.put(&header(VIRTIO_BLK_T_OUT, 2));
+    let d = r.put(&data(1024, 9));
+    let s = r.out_buf(1);
+    assert_ioerr_chain(&mut r, &[Buf::r(h, 16), Buf::w(d, 512), Buf::w(s, 1)], s);
+    // Part of the data readable, part writable: nothing of it is written.
+    assert_ioerr_chain(
+        &mut r,
+        &[
+            Buf::r(h, 16),
+            Buf::r(d, 512),
+            Buf::w(d + 512, 512),
+            Buf::w(s, 1),
+        ],
+        s,
+    );
+    assert_eq!(r.read(d, 1024), data(1024, 9), "the guest's buffer changed");
+    assert_eq!(r.image(), before);
+}
+
 #[test]
 fn chains_without_status_are_returned_empty() {
     let (_d, mut r) = rig(false);
