@@ -23,6 +23,7 @@ use crate::virtio::block::{
     config_space, offered_features, serial_id, BlockError, Disk, Request, CONFIG_SPACE_SIZE,
     ID_BYTES,
 };
+use crate::virtio::chain::pop_chain;
 use crate::virtio::VIRTIO_F_VERSION_1;
 
 /// What `vhost-user-blk` serves.
@@ -221,13 +222,13 @@ fn take_requests(queue: &mut Queue, mem: &GuestMemoryMmap, name: &str) -> Vec<Re
             warn!("{name}: cannot suppress notifications: {e}");
         }
         let before = batch.len();
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        while let Some(chain) = pop_chain(queue, mem, &name) {
             batch.push(Request::from_chain(chain));
         }
         match queue.enable_notification(mem) {
             Ok(true) if batch.len() > before => {}
             Ok(true) => {
-                // The avail index promises chains pop_descriptor_chain
+                // The avail index promises chains pop_chain
                 // refuses (it is over a queue ahead); retrying would spin.
                 warn!("{name}: the driver's avail index is inconsistent; waiting for the next notification");
                 break;

@@ -8,6 +8,7 @@
 
 pub mod balloon;
 pub mod block;
+pub mod chain;
 mod common;
 mod interrupt;
 pub mod mem;

@@ -9,12 +9,13 @@ use log::{debug, error, info, warn};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::config::BalloonConfig;
 use crate::ram::{DiscardError, GuestMemoryMmap, GuestRam, RegionRole, PAGE_SIZE};
 use crate::size::format_size;
+use crate::virtio::chain::{pop_chain, Chain};
 use crate::virtio::{
     read_config_bytes, ActivateError, VirtioCommon, VirtioDevice, TYPE_BALLOON,
     VIRTIO_RING_F_EVENT_IDX,
@@ -192,6 +193,8 @@ pub struct BalloonCounters {
 enum ChainError {
     #[error("descriptor chain {head} is broken: it loops, has a bad next index or an unreadable descriptor, or exceeds 4 GiB")]
     Broken { head: u16 },
+    #[error("descriptor chain {head} refers to an indirect descriptor table, but VIRTIO_F_INDIRECT_DESC is not offered")]
+    Indirect { head: u16 },
     #[error("descriptor chain {head}: buffer {addr:#x}+{len:#x} is device-writable, but this queue only carries data from the driver")]
     WriteOnly { head: u16, addr: u64, len: u32 },
     #[error(
@@ -554,8 +557,11 @@ impl Balloon {
                 warn!("balloon {role}: cannot disable notifications: {e}");
             }
             let mut popped = 0usize;
-            while let Some(chain) = self.common.queues[usize::from(index)].pop_descriptor_chain(mem)
-            {
+            while let Some(chain) = pop_chain(
+                &mut self.common.queues[usize::from(index)],
+                mem,
+                &format_args!("balloon {role}"),
+            ) {
                 popped += 1;
                 let head = chain.head_index();
                 let done = match self.handle_chain(role, chain, &ram, &mut burst) {
@@ -598,7 +604,7 @@ impl Balloon {
     fn handle_chain(
         &mut self,
         role: BalloonQueue,
-        chain: DescriptorChain<&GuestMemoryMmap>,
+        chain: Chain<&GuestMemoryMmap>,
         ram: &GuestRam,
         burst: &mut Burst,
     ) -> Disposition {
@@ -628,7 +634,7 @@ impl Balloon {
     fn handle_pfns(
         &mut self,
         role: BalloonQueue,
-        chain: DescriptorChain<&GuestMemoryMmap>,
+        chain: Chain<&GuestMemoryMmap>,
         ram: &GuestRam,
         burst: &mut Burst,
     ) -> Result<(), ChainError> {
@@ -717,7 +723,7 @@ impl Balloon {
     /// Free page reporting: each buffer is a range of free guest RAM.
     fn handle_report(
         &mut self,
-        chain: DescriptorChain<&GuestMemoryMmap>,
+        chain: Chain<&GuestMemoryMmap>,
         ram: &GuestRam,
         burst: &mut Burst,
     ) -> Result<(), ChainError> {
@@ -753,7 +759,7 @@ impl Balloon {
     /// Parses a stats buffer into `self.stats`.
     fn handle_stats(
         &mut self,
-        chain: DescriptorChain<&GuestMemoryMmap>,
+        chain: Chain<&GuestMemoryMmap>,
         mem: &GuestMemoryMmap,
     ) -> Result<(), ChainError> {
         let head = chain.head_index();
@@ -822,15 +828,18 @@ fn ram_spans(ram: &GuestRam, addr: u64, len: u64) -> Vec<(u64, u64)> {
 
 /// Every descriptor of a chain, or an error if the chain does not end
 /// properly. The iterator just stops on a loop, a bad index, an unreadable
-/// descriptor or a chain over 4 GiB; a chain that ended well has a last
-/// descriptor without NEXT.
-fn descriptors(chain: DescriptorChain<&GuestMemoryMmap>) -> Result<Vec<Descriptor>, ChainError> {
+/// descriptor, a chain over 4 GiB or an indirect descriptor; a chain that
+/// ended well has a last descriptor without NEXT.
+fn descriptors(mut chain: Chain<&GuestMemoryMmap>) -> Result<Vec<Descriptor>, ChainError> {
     let head = chain.head_index();
     let mut out = Vec::new();
     let mut terminated = false;
-    for d in chain {
+    for d in chain.by_ref() {
         terminated = !d.has_next();
         out.push(d);
+    }
+    if chain.met_indirect() {
+        return Err(ChainError::Indirect { head });
     }
     if terminated {
         Ok(out)
@@ -842,7 +851,7 @@ fn descriptors(chain: DescriptorChain<&GuestMemoryMmap>) -> Result<Vec<Descripto
 /// The descriptors of a chain that carries data from the driver: all
 /// device-readable, inside guest RAM, `max` bytes at most.
 fn driver_buffers(
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    chain: Chain<&GuestMemoryMmap>,
     mem: &GuestMemoryMmap,
     max: u64,
 ) -> Result<Vec<Descriptor>, ChainError> {

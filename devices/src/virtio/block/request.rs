@@ -18,10 +18,11 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::disk::{Disk, DIRECT_ALIGN, SECTOR_SHIFT, SECTOR_SIZE};
+use crate::virtio::chain::{pop_chain, Chain};
 
 pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 const HEADER_LEN: usize = 16;
@@ -107,7 +108,7 @@ pub fn process_queue<M: GuestMemoryBackend>(
             warn!("virtio-blk: cannot suppress notifications: {e}");
         }
         let mut processed = 0usize;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        while let Some(chain) = pop_chain(queue, mem, &"virtio-blk") {
             let head = chain.head_index();
             let len = process(disk, id, mem, chain);
             if let Err(e) = queue.add_used(mem, head, len) {
@@ -119,7 +120,7 @@ pub fn process_queue<M: GuestMemoryBackend>(
         match queue.enable_notification(mem) {
             Ok(false) => break,
             Ok(true) if processed == 0 => {
-                // The avail index promises chains pop_descriptor_chain
+                // The avail index promises chains pop_chain
                 // refuses (it is over a queue ahead); retrying would spin.
                 warn!("virtio-blk: the driver's avail index is inconsistent; waiting for the next notification");
                 break;
@@ -141,7 +142,7 @@ pub fn process<M: GuestMemoryBackend>(
     disk: &Disk,
     id: &[u8; ID_BYTES],
     mem: &M,
-    chain: DescriptorChain<&M>,
+    chain: Chain<&M>,
 ) -> u32 {
     Request::from_chain(chain).run(disk, id, mem)
 }
@@ -150,15 +151,19 @@ pub fn process<M: GuestMemoryBackend>(
 pub struct Request {
     head: u16,
     descs: Vec<Descriptor>,
+    /// The chain refers to an indirect table, which is never negotiated.
+    indirect: bool,
 }
 
 impl Request {
     /// Walks the chain once: the guest may rewrite its descriptors while
     /// the request runs, so everything uses this copy, validated once.
-    pub fn from_chain<M: GuestMemoryBackend>(chain: DescriptorChain<&M>) -> Request {
+    pub fn from_chain<M: GuestMemoryBackend>(mut chain: Chain<&M>) -> Request {
+        let descs = chain.by_ref().collect();
         Request {
             head: chain.head_index(),
-            descs: chain.collect(),
+            descs,
+            indirect: chain.met_indirect(),
         }
     }
 
@@ -170,6 +175,15 @@ impl Request {
     /// Runs the request against `disk` and writes its status; returns the
     /// used length, as [`process`] does.
     pub fn run<M: GuestMemoryBackend>(&self, disk: &Disk, id: &[u8; ID_BYTES], mem: &M) -> u32 {
+        if self.indirect {
+            // Its status byte, the chain's last, is in the table, which is
+            // not read: there is nothing to answer in.
+            warn!(
+                "virtio-blk: chain at descriptor {} refers to an indirect descriptor table, but VIRTIO_F_INDIRECT_DESC is not offered; returned without processing",
+                self.head
+            );
+            return 0;
+        }
         run_descs(disk, id, mem, self.head, &self.descs)
     }
 }

@@ -11,13 +11,14 @@ use std::sync::Arc;
 
 use log::{debug, error, info, warn};
 use thiserror::Error;
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::bitmap::BlockBitmap;
 use super::config::{MemConfig, MIN_BLOCK_SIZE};
 use crate::ram::{DiscardError, GuestMemoryMmap, GuestRam, RegionRole};
 use crate::size::format_size;
+use crate::virtio::chain::{pop_chain, Chain};
 use crate::virtio::{
     read_config_bytes, ActivateError, VirtioCommon, VirtioDevice, TYPE_MEM, VIRTIO_RING_F_EVENT_IDX,
 };
@@ -496,11 +497,7 @@ impl Mem {
     }
 
     /// Handles one chain; returns the number of bytes written for the used ring.
-    fn process_chain(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        chain: DescriptorChain<&GuestMemoryMmap>,
-    ) -> u32 {
+    fn process_chain(&mut self, mem: &GuestMemoryMmap, chain: Chain<&GuestMemoryMmap>) -> u32 {
         let device = self.config.device_name();
         let head = chain.head_index();
         let (readable, writable) = match split_chain(chain) {
@@ -558,7 +555,7 @@ impl Mem {
         let mut used = false;
         loop {
             let mut handled = 0usize;
-            while let Some(chain) = self.common.queues[0].pop_descriptor_chain(mem) {
+            while let Some(chain) = pop_chain(&mut self.common.queues[0], mem, &device) {
                 let head = chain.head_index();
                 let len = self.process_chain(mem, chain);
                 handled += 1;
@@ -611,13 +608,11 @@ fn check_requested(config: &MemConfig, requested: u64) -> Result<(), MemError> {
 
 /// Splits a chain into its device-readable and device-writable buffers,
 /// refusing chains that are broken or out of order.
-fn split_chain(
-    chain: DescriptorChain<&GuestMemoryMmap>,
-) -> Result<(Vec<Segment>, Vec<Segment>), String> {
+fn split_chain(mut chain: Chain<&GuestMemoryMmap>) -> Result<(Vec<Segment>, Vec<Segment>), String> {
     let mut readable = Vec::new();
     let mut writable = Vec::new();
     let mut last_has_next = true;
-    for desc in chain {
+    for desc in chain.by_ref() {
         last_has_next = desc.has_next();
         let seg = Segment {
             addr: desc.addr(),
@@ -630,6 +625,9 @@ fn split_chain(
         } else {
             return Err("a device-readable buffer follows a device-writable one".into());
         }
+    }
+    if chain.met_indirect() {
+        return Err("the chain refers to an indirect descriptor table, but VIRTIO_F_INDIRECT_DESC is not offered".into());
     }
     // The chain iterator stops silently on a loop, a next index past the
     // table, an unreadable descriptor or a total length past 4 GiB; all of

@@ -48,6 +48,8 @@ pub(super) enum BadChain {
     Truncated,
     NoRoomForHeader(usize),
     Empty,
+    /// A descriptor refers to an indirect table; the feature is never offered.
+    Indirect,
 }
 
 impl fmt::Display for BadChain {
@@ -67,6 +69,10 @@ impl fmt::Display for BadChain {
                 "{cap} bytes cannot hold the {VNET_HDR_LEN}-byte virtio-net header"
             ),
             BadChain::Empty => write!(f, "chain has no room"),
+            BadChain::Indirect => write!(
+                f,
+                "chain refers to an indirect descriptor table, but VIRTIO_F_INDIRECT_DESC is not offered"
+            ),
         }
     }
 }

@@ -8,12 +8,13 @@ use std::io;
 use std::sync::atomic::{fence, Ordering};
 
 use log::{debug, error, warn};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::device::{NetCounters, MAX_PACKET_LEN, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF};
 use super::ring::{avail_overrun, put_used, BadChain, QueueRun};
 use super::tap::{Tap, VNET_HDR_LEN};
+use crate::virtio::chain::{pop_chain, Chain};
 
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS_OFFSET: usize = 10;
@@ -149,7 +150,7 @@ impl RxQueue {
         let mut chains: Vec<RxChain> = Vec::new();
         let mut cap = 0usize;
         while cap < len {
-            let Some(chain) = q.pop_descriptor_chain(mem) else {
+            let Some(chain) = pop_chain(q, mem, &format_args!("net {id}: RX queue")) else {
                 // Not enough room yet: give the chains back and hold the packet.
                 for _ in &chains {
                     q.go_to_previous_position();
@@ -283,13 +284,13 @@ struct RxChain {
 
 fn parse_rx_chain<M: GuestMemoryBackend>(
     mem: &M,
-    chain: DescriptorChain<&M>,
+    mut chain: Chain<&M>,
 ) -> Result<RxChain, BadChain> {
     let head = chain.head_index();
     let mut segs = Vec::new();
     let mut cap = 0usize;
     let mut ends = false;
-    for d in chain {
+    for d in chain.by_ref() {
         ends = !d.has_next();
         if !d.is_write_only() {
             return Err(BadChain::DeviceReadable);
@@ -305,6 +306,9 @@ fn parse_rx_chain<M: GuestMemoryBackend>(
             segs.push((d.addr(), len));
             cap += len;
         }
+    }
+    if chain.met_indirect() {
+        return Err(BadChain::Indirect);
     }
     if !ends {
         return Err(BadChain::Truncated);

@@ -8,12 +8,13 @@ use std::io;
 use std::sync::atomic::Ordering;
 
 use log::{error, warn};
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryBackend;
 
 use super::device::{NetCounters, MAX_PACKET_LEN};
 use super::ring::{avail_overrun, put_used, BadChain, QueueRun};
 use super::tap::{Tap, VNET_HDR_LEN};
+use crate::virtio::chain::{pop_chain, Chain};
 
 /// writev refuses more than IOV_MAX segments.
 const MAX_IOVECS: usize = 1024;
@@ -45,7 +46,7 @@ pub fn process_tx<M: GuestMemoryBackend>(
                 break;
             }
         }
-        while let Some(chain) = q.pop_descriptor_chain(mem) {
+        while let Some(chain) = pop_chain(q, mem, &format_args!("net {id}: TX queue")) {
             let head = chain.head_index();
             match transmit(tap, mem, chain) {
                 Ok(frame_len) => {
@@ -101,13 +102,13 @@ impl fmt::Display for TxDrop {
 fn transmit<M: GuestMemoryBackend>(
     tap: &Tap,
     mem: &M,
-    chain: DescriptorChain<&M>,
+    mut chain: Chain<&M>,
 ) -> Result<usize, TxDrop> {
     let mut iovs: Vec<libc::iovec> = Vec::new();
     let mut guards = Vec::new();
     let mut total = 0usize;
     let mut ends = false;
-    for d in chain {
+    for d in chain.by_ref() {
         ends = !d.has_next();
         if d.is_write_only() {
             return Err(TxDrop::Chain(BadChain::WriteOnly));
@@ -136,6 +137,9 @@ fn transmit<M: GuestMemoryBackend>(
         if iovs.len() > MAX_IOVECS {
             return Err(TxDrop::TooManySegments);
         }
+    }
+    if chain.met_indirect() {
+        return Err(TxDrop::Chain(BadChain::Indirect));
     }
     if !ends {
         return Err(TxDrop::Chain(BadChain::Truncated));

@@ -20,6 +20,7 @@ use crate::ram::GuestMemoryMmap;
 
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;
 pub const VIRTQ_DESC_F_WRITE: u16 = 2;
+pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
 
 /// One buffer of a chain: guest address, length, device-writable or not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +207,16 @@ impl DriverQueue {
 
 pub fn raw(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
     RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+}
+
+/// Writes `descs` as a descriptor table at `at` (an indirect table, say);
+/// returns its length in bytes.
+pub fn write_table(mem: &GuestMemoryMmap, at: u64, descs: &[RawDescriptor]) -> u32 {
+    for (i, d) in descs.iter().enumerate() {
+        mem.write_obj(*d, GuestAddress(at + 16 * i as u64))
+            .expect("descriptor table in guest memory");
+    }
+    16 * descs.len() as u32
 }
 
 /// Records every interrupt a device raises.

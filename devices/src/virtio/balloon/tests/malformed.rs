@@ -4,7 +4,9 @@
 use super::*;
 use crate::ram::PAGE_SIZE;
 use crate::virtio::balloon::BalloonQueue;
-use crate::virtio::testing::{raw, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+use crate::virtio::testing::{
+    raw, write_table, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
 use crate::virtio::InterruptKind;
 use virtio_queue::QueueT;
 
@@ -294,4 +296,33 @@ fn notify_for_a_queue_never_made_ready_touches_nothing() {
     dev.queue_notify(0);
     assert_eq!(inflate.used().len(), 1);
     assert_eq!(dev.counters().inflated_pages, 1);
+}
+
+/// VIRTIO_F_INDIRECT_DESC is never offered: a chain whose PFNs sit behind
+/// an indirect descriptor is malformed (virtio 1.2, 2.7.5.3.1), and none
+/// of its pages are inflated.
+#[test]
+fn indirect_chains_are_malformed() {
+    let (rig, buf) = rig_with_victims(Backing::Anonymous);
+    let table = rig.dev.common().ram.memory().clone();
+    let at = 0x70000;
+    let len = write_table(&table, at, &[raw(buf.addr, buf.len, 0, 0)]);
+    expect_malformed(
+        rig,
+        BalloonQueue::Inflate,
+        D0,
+        &[(D0, (at, len, VIRTQ_DESC_F_INDIRECT, 0))],
+    );
+    // Behind a direct descriptor, too.
+    let (rig, buf) = rig_with_victims(Backing::Anonymous);
+    let len = write_table(&table, at, &[raw(buf.addr + 4, buf.len - 4, 0, 0)]);
+    expect_malformed(
+        rig,
+        BalloonQueue::Inflate,
+        D0,
+        &[
+            (D0, (buf.addr, 4, VIRTQ_DESC_F_NEXT, D1)),
+            (D1, (at, len, VIRTQ_DESC_F_INDIRECT, 0)),
+        ],
+    );
 }
