@@ -9,7 +9,8 @@
 //! - [`guest_warn!`]: the guest (its driver) did something wrong. Guest
 //!   misbehaviour is logged at WARN at most: it is not the host's failure.
 //! - [`host_error!`]: a host-side failure that a guest request can repeat
-//!   (a disk I/O error, a TAP that refuses packets).
+//!   (a disk I/O error, a TAP that cannot be read); [`host_warn!`] for a
+//!   host-side condition that is not a failure of the VMM's own.
 //!
 //! Each call site logs its first [`BURST`] messages as they come, then at
 //! most one per [`INTERVAL`], which carries the number of messages from
@@ -45,6 +46,22 @@ static REGISTRY: Mutex<Vec<&'static Site>> = Mutex::new(Vec::new());
 /// the [module documentation](crate::log_limit)). Takes `format!` arguments.
 #[macro_export]
 macro_rules! guest_warn {
+    ($($arg:tt)+) => {{
+        static SITE: $crate::log_limit::Site = $crate::log_limit::Site::new(
+            $crate::log_limit::Level::Warn,
+            module_path!(),
+            file!(),
+            line!(),
+        );
+        SITE.log(format_args!($($arg)+));
+    }};
+}
+
+/// Logs, at WARN, a host-side condition that a guest request can repeat
+/// (a TAP that took part of a packet), limited per call site like
+/// [`guest_warn!`].
+#[macro_export]
+macro_rules! host_warn {
     ($($arg:tt)+) => {{
         static SITE: $crate::log_limit::Site = $crate::log_limit::Site::new(
             $crate::log_limit::Level::Warn,

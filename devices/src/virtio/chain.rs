@@ -14,7 +14,7 @@
 use std::fmt;
 use std::ops::Deref;
 
-use log::warn;
+use crate::guest_warn;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
@@ -124,11 +124,30 @@ where
     let head = match queue.iter(mem.clone()) {
         Ok(mut avail) => avail.next()?.head_index(),
         Err(e) => {
-            warn!("{device}: cannot take a chain off the available ring: {e}");
+            guest_warn!("{device}: cannot take a chain off the available ring: {e}");
             return None;
         }
     };
     Some(Chain::new(mem, queue, head))
+}
+
+/// Puts chain `head` in `queue`'s used ring, as `Queue::add_used` does,
+/// but refuses a head outside the descriptor table (the driver published a
+/// bad index: there is no slot to return it in) without `add_used`'s own
+/// ERROR line, so that the caller's bounded warning is the only one.
+pub fn add_used<M>(
+    queue: &mut Queue,
+    mem: &M,
+    head: u16,
+    len: u32,
+) -> Result<(), virtio_queue::Error>
+where
+    M: GuestMemoryBackend,
+{
+    if head >= queue.size() {
+        return Err(virtio_queue::Error::InvalidDescriptorIndex);
+    }
+    queue.add_used(mem, head, len)
 }
 
 #[cfg(test)]

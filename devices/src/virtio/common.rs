@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use log::{error, warn};
+use crate::{guest_warn, host_error};
 use thiserror::Error;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
@@ -166,7 +166,7 @@ impl VirtioCommon {
     /// holds any), and nothing changes after FEATURES_OK.
     pub fn ack_features_page(&mut self, select: u32, value: u32) {
         if self.status & STATUS_FEATURES_OK != 0 {
-            warn!(
+            guest_warn!(
                 "virtio type {}: driver wrote features after FEATURES_OK; ignored",
                 self.device_type
             );
@@ -195,7 +195,7 @@ impl VirtioCommon {
         let old = self.status;
         // Bits only go up between resets (virtio 1.x, 2.1.1).
         if status & old != old {
-            warn!(
+            guest_warn!(
                 "virtio type {}: status {status:#x} clears bits of {old:#x} without reset; ignored",
                 self.device_type
             );
@@ -206,7 +206,7 @@ impl VirtioCommon {
             && old & STATUS_FEATURES_OK == 0
             && self.acked_features & VIRTIO_F_VERSION_1 == 0
         {
-            error!(
+            guest_warn!(
                 "virtio type {}: driver did not accept VIRTIO_F_VERSION_1; refusing FEATURES_OK",
                 self.device_type
             );
@@ -216,7 +216,7 @@ impl VirtioCommon {
             && old & STATUS_FEATURES_OK == 0
             && self.unoffered_features != 0
         {
-            warn!(
+            guest_warn!(
                 "virtio type {}: driver accepted features {:#x} that the device never offered (it offers {:#x}); refusing FEATURES_OK (virtio 1.2, 2.2.2), the driver must reset the device and accept only offered features",
                 self.device_type, self.unoffered_features, self.avail_features
             );
@@ -224,7 +224,7 @@ impl VirtioCommon {
         }
         let needs = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
         if new & STATUS_DRIVER_OK != 0 && new & needs != needs {
-            warn!(
+            guest_warn!(
                 "virtio type {}: DRIVER_OK before FEATURES_OK; ignored",
                 self.device_type
             );
@@ -337,7 +337,7 @@ impl VirtioCommon {
             Ok(false) => {}
             Err(e) => {
                 // The used-event field is unreadable: interrupt rather than stall the driver.
-                warn!("virtio type {}: queue {queue}: {e}", self.device_type);
+                guest_warn!("virtio type {}: queue {queue}: {e}", self.device_type);
                 self.trigger(InterruptKind::Queue(queue));
             }
         }
@@ -354,7 +354,7 @@ impl VirtioCommon {
     pub fn trigger(&self, kind: InterruptKind) {
         if let Some(irq) = &self.interrupt {
             if let Err(e) = irq.trigger(kind) {
-                error!(
+                host_error!(
                     "virtio type {}: raising {kind:?} interrupt failed: {e}",
                     self.device_type
                 );

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::{guest_warn, host_error};
 use log::{debug, error, info, warn};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -15,7 +16,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use super::config::BalloonConfig;
 use crate::ram::{DiscardError, GuestMemoryMmap, GuestRam, RegionRole, PAGE_SIZE};
 use crate::size::format_size;
-use crate::virtio::chain::{pop_chain, Chain};
+use crate::virtio::chain::{add_used, pop_chain, Chain};
 use crate::virtio::{
     read_config_bytes, ActivateError, VirtioCommon, VirtioDevice, TYPE_BALLOON,
     VIRTIO_RING_F_EVENT_IDX,
@@ -261,32 +262,32 @@ impl Burst {
 
     fn log(&self, queue: BalloonQueue) {
         if let Some(e) = &self.first_refusal {
-            error!(
+            host_error!(
                 "balloon {queue}: guest RAM was not given back: {} discard(s) of {} in total failed, first: {e}",
                 self.refusals,
                 format_size(self.refused_bytes)
             );
         }
         if let Some(what) = &self.first_invalid {
-            warn!(
+            guest_warn!(
                 "balloon {queue}: skipped {} range(s) outside guest RAM, first: {what}",
                 self.invalid
             );
         }
         if let Some(e) = &self.first_malformed {
-            warn!(
+            guest_warn!(
                 "balloon {queue}: completed {} malformed chain(s) without acting on them, first: {e}",
                 self.malformed
             );
         }
         if self.replaced_stats > 0 {
-            warn!(
+            guest_warn!(
                 "balloon {queue}: the driver sent {} stats buffer(s) while the device held one; returned the older",
                 self.replaced_stats
             );
         }
         if let Some(what) = &self.first_unreturnable {
-            warn!(
+            guest_warn!(
                 "balloon {queue}: {} chain(s) could not be returned to the driver, first: {what}",
                 self.unreturnable
             );
@@ -540,8 +541,7 @@ impl Balloon {
             .queues
             .get_mut(usize::from(index))
             .ok_or_else(|| format!("queue {index} does not exist"))?;
-        q.add_used(c.ram.memory(), head, 0)
-            .map_err(|e| format!("descriptor chain {head}: {e}"))
+        add_used(q, c.ram.memory(), head, 0).map_err(|e| format!("descriptor chain {head}: {e}"))
     }
 
     /// Drains queue `index` until the driver adds nothing more.
@@ -554,7 +554,7 @@ impl Balloon {
         loop {
             let q = &mut self.common.queues[usize::from(index)];
             if let Err(e) = q.disable_notification(mem) {
-                warn!("balloon {role}: cannot disable notifications: {e}");
+                guest_warn!("balloon {role}: cannot disable notifications: {e}");
             }
             let mut popped = 0usize;
             while let Some(chain) = pop_chain(
@@ -585,12 +585,12 @@ impl Balloon {
                 // is corrupt (virtio-queue logged it): stop rather than spin.
                 Ok(true) if idle_passes < 2 => continue,
                 Ok(true) => {
-                    warn!("balloon {role}: the available ring index is invalid; waiting for the next notification");
+                    guest_warn!("balloon {role}: the available ring index is invalid; waiting for the next notification");
                     break;
                 }
                 Ok(false) => break,
                 Err(e) => {
-                    warn!("balloon {role}: cannot re-enable notifications: {e}");
+                    guest_warn!("balloon {role}: cannot re-enable notifications: {e}");
                     break;
                 }
             }
@@ -965,7 +965,7 @@ impl VirtioDevice for Balloon {
         if !queue.is_some_and(|q| q.ready()) {
             // Its rings were never set up, so they are at guest-physical 0:
             // processing it would write the guest's memory there.
-            warn!("balloon {role}: queue {index} notified but never made ready; ignored");
+            guest_warn!("balloon {role}: queue {index} notified but never made ready; ignored");
             return;
         }
         self.process_queue(index, role);

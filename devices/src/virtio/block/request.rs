@@ -10,7 +10,8 @@
 use std::collections::VecDeque;
 use std::io;
 
-use log::{debug, warn};
+use crate::{guest_warn, host_error};
+use log::debug;
 use thiserror::Error;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
@@ -22,7 +23,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::disk::{Disk, DIRECT_ALIGN, SECTOR_SHIFT, SECTOR_SIZE};
-use crate::virtio::chain::{pop_chain, Chain};
+use crate::virtio::chain::{add_used, pop_chain, Chain};
 
 pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 const HEADER_LEN: usize = 16;
@@ -105,14 +106,14 @@ pub fn process_queue<M: GuestMemoryBackend>(
     let mut total = 0usize;
     loop {
         if let Err(e) = queue.disable_notification(mem) {
-            warn!("virtio-blk: cannot suppress notifications: {e}");
+            guest_warn!("virtio-blk: cannot suppress notifications: {e}");
         }
         let mut processed = 0usize;
         while let Some(chain) = pop_chain(queue, mem, &"virtio-blk") {
             let head = chain.head_index();
             let len = process(disk, id, mem, chain);
-            if let Err(e) = queue.add_used(mem, head, len) {
-                warn!("virtio-blk: cannot return descriptor {head} to the driver: {e}");
+            if let Err(e) = add_used(queue, mem, head, len) {
+                guest_warn!("virtio-blk: cannot return descriptor {head} to the driver: {e}");
             }
             processed += 1;
         }
@@ -122,12 +123,12 @@ pub fn process_queue<M: GuestMemoryBackend>(
             Ok(true) if processed == 0 => {
                 // The avail index promises chains pop_chain
                 // refuses (it is over a queue ahead); retrying would spin.
-                warn!("virtio-blk: the driver's avail index is inconsistent; waiting for the next notification");
+                guest_warn!("virtio-blk: the driver's avail index is inconsistent; waiting for the next notification");
                 break;
             }
             Ok(true) => {}
             Err(e) => {
-                warn!("virtio-blk: cannot re-enable notifications: {e}");
+                guest_warn!("virtio-blk: cannot re-enable notifications: {e}");
                 break;
             }
         }
@@ -178,7 +179,7 @@ impl Request {
         if self.indirect {
             // Its status byte, the chain's last, is in the table, which is
             // not read: there is nothing to answer in.
-            warn!(
+            guest_warn!(
                 "virtio-blk: chain at descriptor {} refers to an indirect descriptor table, but VIRTIO_F_INDIRECT_DESC is not offered; returned without processing",
                 self.head
             );
@@ -196,7 +197,7 @@ fn run_descs<M: GuestMemoryBackend>(
     descs: &[Descriptor],
 ) -> u32 {
     let Some(status_addr) = status_location(descs, mem) else {
-        warn!(
+        guest_warn!(
             "virtio-blk: chain at descriptor {head} ({} descriptors) has no device-writable status byte in guest RAM; returned without processing",
             descs.len()
         );
@@ -205,10 +206,14 @@ fn run_descs<M: GuestMemoryBackend>(
     let (status, written) = match execute(disk, id, mem, descs) {
         Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
         Err(e) => {
-            if e.status() == VIRTIO_BLK_S_UNSUPP as u8 {
-                debug!("virtio-blk: request at descriptor {head}: {e}");
-            } else {
-                warn!("virtio-blk: request at descriptor {head} failed: {e}");
+            match e {
+                _ if e.status() == VIRTIO_BLK_S_UNSUPP as u8 => {
+                    debug!("virtio-blk: request at descriptor {head}: {e}")
+                }
+                RequestError::Disk(_) => {
+                    host_error!("virtio-blk: request at descriptor {head} failed: {e}")
+                }
+                _ => guest_warn!("virtio-blk: request at descriptor {head} failed: {e}"),
             }
             // The used length only promises bytes certainly written, so a
             // failed request reports the status byte alone.
@@ -216,7 +221,7 @@ fn run_descs<M: GuestMemoryBackend>(
         }
     };
     if let Err(e) = mem.write_obj(status, status_addr) {
-        warn!("virtio-blk: chain at descriptor {head}: writing the status byte failed: {e}");
+        guest_warn!("virtio-blk: chain at descriptor {head}: writing the status byte failed: {e}");
         return 0;
     }
     written.saturating_add(1)

@@ -7,7 +7,8 @@
 use std::io;
 use std::sync::atomic::{fence, Ordering};
 
-use log::{debug, error, warn};
+use crate::{guest_warn, host_error, host_warn};
+use log::debug;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -86,7 +87,7 @@ impl RxQueue {
                 None => match tap.read(&mut self.buf) {
                     Ok(0) => break,
                     Ok(n) if n < VNET_HDR_LEN => {
-                        warn!(
+                        host_warn!(
                             "net {id}: {n}-byte read from TAP {:?} is shorter than a virtio-net header; dropped",
                             tap.name()
                         );
@@ -100,7 +101,7 @@ impl RxQueue {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        error!("net {id}: reading TAP {:?} failed: {e}", tap.name());
+                        host_error!("net {id}: reading TAP {:?} failed: {e}", tap.name());
                         run.tap_error = true;
                         break;
                     }
@@ -139,7 +140,7 @@ impl RxQueue {
         let seen_avail = match q.avail_idx(mem, Ordering::Acquire) {
             Ok(idx) => idx.0,
             Err(e) => {
-                error!("net {id}: RX queue unreadable: {e}");
+                guest_warn!("net {id}: RX queue unreadable: {e}");
                 return RxOutcome::Broken;
             }
         };
@@ -185,7 +186,7 @@ impl RxQueue {
                     chains.push(c);
                 }
                 Err(why) => {
-                    warn!("net {id}: RX chain {head}: {why}; returned unused");
+                    guest_warn!("net {id}: RX chain {head}: {why}; returned unused");
                     counters.rx_bad_chains += 1;
                     if first {
                         put_used(q, mem, head, 0, id);
@@ -223,7 +224,7 @@ impl RxQueue {
                 if let Err(e) = mem.write_slice(&pkt[off..off + n], addr) {
                     // The range was checked a moment ago; only a RAM layout
                     // change could get here.
-                    error!("net {id}: writing RX buffer at {:#x}: {e}", addr.0);
+                    guest_warn!("net {id}: writing RX buffer at {:#x}: {e}", addr.0);
                     break;
                 }
                 off += n;
@@ -252,7 +253,7 @@ enum RxOutcome {
 /// try again instead of waiting for a notification that may never come.
 fn arm_rx_kick<M: GuestMemoryBackend>(q: &mut Queue, mem: &M, seen_avail: u16, id: &str) -> bool {
     if let Err(e) = q.enable_notification(mem) {
-        error!("net {id}: RX queue: {e}");
+        guest_warn!("net {id}: RX queue: {e}");
     }
     if q.event_idx_enabled() {
         // enable_notification set avail_event to our position, which can
@@ -265,7 +266,7 @@ fn arm_rx_kick<M: GuestMemoryBackend>(q: &mut Queue, mem: &M, seen_avail: u16, i
             GuestAddress(addr),
             Ordering::Release,
         ) {
-            error!("net {id}: RX queue avail_event: {e}");
+            guest_warn!("net {id}: RX queue avail_event: {e}");
         }
     }
     fence(Ordering::SeqCst);

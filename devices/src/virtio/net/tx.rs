@@ -7,7 +7,7 @@ use std::fmt;
 use std::io;
 use std::sync::atomic::Ordering;
 
-use log::{error, warn};
+use crate::{guest_warn, host_warn};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryBackend;
 
@@ -32,7 +32,7 @@ pub fn process_tx<M: GuestMemoryBackend>(
     let mut run = QueueRun::default();
     loop {
         if let Err(e) = q.disable_notification(mem) {
-            error!("net {id}: TX queue: {e}");
+            guest_warn!("net {id}: TX queue: {e}");
         }
         match q.avail_idx(mem, Ordering::Acquire) {
             Ok(idx) if !avail_overrun(q, idx.0, "TX", id) => {}
@@ -41,7 +41,7 @@ pub fn process_tx<M: GuestMemoryBackend>(
                 break;
             }
             Err(e) => {
-                error!("net {id}: TX queue unreadable: {e}");
+                guest_warn!("net {id}: TX queue unreadable: {e}");
                 run.broken = true;
                 break;
             }
@@ -53,9 +53,13 @@ pub fn process_tx<M: GuestMemoryBackend>(
                     counters.tx_packets += 1;
                     counters.tx_bytes += frame_len as u64;
                 }
+                Err(e @ TxDrop::Tap(_)) => {
+                    counters.tx_dropped += 1;
+                    host_warn!("net {id}: TX chain {head} dropped: {e}");
+                }
                 Err(e) => {
                     counters.tx_dropped += 1;
-                    warn!("net {id}: TX chain {head} dropped: {e}");
+                    guest_warn!("net {id}: TX chain {head} dropped: {e}");
                 }
             }
             // The device writes nothing into TX buffers.
@@ -65,7 +69,7 @@ pub fn process_tx<M: GuestMemoryBackend>(
             Ok(true) => continue,
             Ok(false) => break,
             Err(e) => {
-                error!("net {id}: TX queue: {e}");
+                guest_warn!("net {id}: TX queue: {e}");
                 break;
             }
         }
@@ -152,7 +156,7 @@ fn transmit<M: GuestMemoryBackend>(
     let written = unsafe { tap.writev_raw(&iovs) }.map_err(TxDrop::Tap)?;
     drop(guards);
     if written != total {
-        warn!("TAP {:?} took {written} of {total} bytes", tap.name());
+        host_warn!("TAP {:?} took {written} of {total} bytes", tap.name());
     }
     Ok(total - VNET_HDR_LEN)
 }

@@ -838,6 +838,114 @@ fn vcpu_and_event_loop_do_not_deadlock() {
     assert_eq!(dq.used().len(), 4);
 }
 
+/// A guest decides how often it accesses registers wrongly. A line for
+/// each bad access let it fill the host's disk through the VMM's log
+/// (10,000 notifications to a queue that does not exist gave 10,030
+/// lines); now each kind of message gives a few lines, then a count.
+#[test]
+fn a_storm_of_bad_accesses_logs_a_bounded_number_of_lines() {
+    use devices::log_limit::{self, capture::Capture, Level, BURST};
+    const N: usize = 10_000;
+
+    let cap = Capture::start();
+    let mut rig = Rig::new();
+    let mut dq = rig.init();
+    let before = log_limit::suppressed_total();
+    type BadAccess = Box<dyn Fn(&mut Rig, &mut DriverQueue)>;
+    let kinds: Vec<(&str, BadAccess)> = vec![
+        (
+            "notify a missing queue",
+            Box::new(|r, _| r.w32(NOTIFY_OFFSET, 7)),
+        ),
+        (
+            "read an unknown register",
+            Box::new(|r, _| {
+                r.r32(0x0c0);
+            }),
+        ),
+        (
+            "write a read-only register",
+            Box::new(|r, _| r.w32(MAGIC_VALUE_OFFSET, 0)),
+        ),
+        (
+            "2-byte register read",
+            Box::new(|r, _| {
+                r.read_n(STATUS_OFFSET, 2);
+            }),
+        ),
+        (
+            "status above 8 bits",
+            Box::new(|r, _| r.w32(STATUS_OFFSET, 0x1ff)),
+        ),
+        (
+            "QueueReady once live",
+            Box::new(|r, _| r.w32(QUEUE_READY_OFFSET, 0)),
+        ),
+        (
+            "write the read-only block config",
+            Box::new(|r, _| r.t.write(CONFIG_SPACE_OFFSET, &[1; 4])),
+        ),
+        (
+            "a request without a status byte",
+            Box::new(|r, dq| {
+                let h = r.put(&[0; 16]);
+                r.next_buf = DATA_BASE;
+                dq.add_chain(&[Buf::r(h, 16)]);
+                r.w32(NOTIFY_OFFSET, 0);
+            }),
+        ),
+        // Last: it also meets the status-byte message of the kind before.
+        (
+            "a chain whose head is beyond the queue",
+            Box::new(|r, dq| {
+                dq.add_raw_chain(QSIZE + 1, &[]);
+                r.w32(NOTIFY_OFFSET, 0);
+            }),
+        ),
+    ];
+    for (what, access) in &kinds {
+        let seen = cap.lines().len();
+        for _ in 0..N {
+            access(&mut rig, &mut dq);
+        }
+        assert!(cap.lines().len() > seen, "{what}: logged nothing at all");
+    }
+    let lines = cap.lines();
+    // A slow run may pass one interval: one more line per kind.
+    let bound = kinds.len() * (BURST as usize + 2);
+    assert!(
+        lines.len() <= bound,
+        "{} lines for {} bad accesses (at most {bound} expected); the first: {:?}",
+        lines.len(),
+        kinds.len() * N,
+        &lines[..lines.len().min(5)]
+    );
+    assert!(
+        lines.iter().all(|(level, _)| *level == Level::Warn),
+        "guest misbehaviour is logged at WARN at most: {lines:?}"
+    );
+    assert!(log_limit::suppressed_total() - before >= (kinds.len() * N - bound) as u64);
+
+    // What was left out is counted in the log, too.
+    log_limit::report_all();
+    let counts: Vec<u64> = cap.lines()[lines.len()..]
+        .iter()
+        .filter(|(_, l)| l.contains("vmm/src/transport/mmio/mod.rs"))
+        .filter_map(|(_, l)| l.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        counts.iter().any(|&n| n >= N as u64 / 2),
+        "no count of the left-out notifications: {counts:?}"
+    );
+    // The device still works.
+    rig.w32(STATUS_OFFSET, 0);
+    rig.next_buf = DATA_BASE;
+    let mut dq = rig.init();
+    let (_, s) = rig.submit(&mut dq, VIRTIO_BLK_T_IN, 0, &[], SECTOR as u32);
+    rig.w32(NOTIFY_OFFSET, 0);
+    assert_eq!(rig.get(s, 1), [VIRTIO_BLK_S_OK]);
+}
+
 /// Offsets worth hitting: every register, around them, the config space, past the window.
 fn offset() -> impl Strategy<Value = u64> {
     prop_oneof![
