@@ -12,8 +12,9 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use devices::log_limit;
 use devices::vhost_user::VhostUserDevice;
 use devices::virtio::net::Net;
 use devices::virtio::VirtioDevice;
@@ -272,8 +273,17 @@ impl EventLoop {
         }
         self.after_resume();
         let mut events = vec![EpollEvent::default(); 64];
+        // The device thread wakes at least this often to write the counts
+        // of guest-caused log lines left out (devices::log_limit).
+        let interval = log_limit::INTERVAL;
+        let timeout_ms = i32::try_from(interval.as_millis()).unwrap_or(i32::MAX);
+        let mut last_report = Instant::now();
         while !exit.is_set() {
-            let n = match self.epoll.wait(-1, &mut events) {
+            if last_report.elapsed() >= interval {
+                log_limit::report_due();
+                last_report = Instant::now();
+            }
+            let n = match self.epoll.wait(timeout_ms, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {

@@ -530,7 +530,7 @@ fn main() -> ExitCode {
         vmm::platform::terminal::restore();
         default_hook(info)
     }));
-    match Cli::parse().command {
+    let status = match Cli::parse().command {
         Command::Run(args) => run(*args),
         Command::Ctl(args) => ctl(args),
         Command::Template(cmd) => template(cmd),
@@ -543,5 +543,8 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
-    }
+    };
+    // What the guest made the devices leave out of the log since the last count.
+    devices::log_limit::report_all();
+    status
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::thread;
 
+use crate::{guest_warn, host_error};
 use log::{error, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
@@ -23,6 +24,7 @@ use crate::virtio::block::{
     config_space, offered_features, serial_id, BlockError, Disk, Request, CONFIG_SPACE_SIZE,
     ID_BYTES,
 };
+use crate::virtio::chain::{add_used, pop_chain};
 use crate::virtio::VIRTIO_F_VERSION_1;
 
 /// What `vhost-user-blk` serves.
@@ -195,18 +197,18 @@ impl BlockBackend {
         let mut state = vring.get_mut();
         let queue = state.get_queue_mut();
         for &(head, len) in done {
-            if let Err(e) = queue.add_used(mem, head, len) {
-                warn!("{name}: queue {queue_index}: cannot return descriptor {head}: {e}");
+            if let Err(e) = add_used(queue, mem, head, len) {
+                guest_warn!("{name}: queue {queue_index}: cannot return descriptor {head}: {e}");
             }
         }
         let notify = queue.needs_notification(mem).unwrap_or_else(|e| {
             // An unreadable used-event field: interrupt rather than stall.
-            warn!("{name}: queue {queue_index}: {e}");
+            guest_warn!("{name}: queue {queue_index}: {e}");
             true
         });
         if notify {
             if let Err(e) = state.signal_used_queue() {
-                error!("{name}: queue {queue_index}: signalling the front end: {e}");
+                host_error!("{name}: queue {queue_index}: signalling the front end: {e}");
             }
         }
     }
@@ -219,10 +221,10 @@ fn take_requests(queue: &mut Queue, mem: &GuestMemoryMmap, name: &str) -> Vec<Re
     let mut empty_rounds = 0;
     loop {
         if let Err(e) = queue.disable_notification(mem) {
-            warn!("{name}: cannot suppress notifications: {e}");
+            guest_warn!("{name}: cannot suppress notifications: {e}");
         }
         let before = batch.len();
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        while let Some(chain) = pop_chain(queue, mem, &name) {
             batch.push(Request::from_chain(chain));
         }
         empty_rounds = if batch.len() == before {
@@ -235,14 +237,14 @@ fn take_requests(queue: &mut Queue, mem: &GuestMemoryMmap, name: &str) -> Vec<Re
             // look and re-enabling notifications: look again.
             Ok(true) if empty_rounds < 2 => {}
             Ok(true) => {
-                // The avail index promises chains pop_descriptor_chain
+                // The avail index promises chains pop_chain
                 // refuses (it is over a queue ahead); retrying would spin.
-                warn!("{name}: the driver's avail index is inconsistent; waiting for the next notification");
+                guest_warn!("{name}: the driver's avail index is inconsistent; waiting for the next notification");
                 break;
             }
             Ok(false) => break,
             Err(e) => {
-                warn!("{name}: cannot re-enable notifications: {e}");
+                guest_warn!("{name}: cannot re-enable notifications: {e}");
                 break;
             }
         }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::Duration;
 
+use crate::{guest_warn, host_warn};
 use log::{error, info, warn};
 use thiserror::Error;
 use virtio_bindings::{virtio_blk, virtio_net, virtio_ring};
@@ -238,7 +239,7 @@ impl VhostUserDevice {
             if std::mem::take(started) {
                 if let Some(conn) = self.conn.as_mut() {
                     if let Err(e) = conn.stop_ring(i) {
-                        warn!("{}: stopping queue {i}: {e}", self.name);
+                        host_warn!("{}: stopping queue {i}: {e}", self.name);
                     }
                 }
             }
@@ -383,7 +384,7 @@ impl VirtioDevice for VhostUserDevice {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        warn!(
+        guest_warn!(
             "{}: driver wrote {} bytes at config offset {offset}; the config space is read-only, ignored",
             self.name,
             data.len()
@@ -393,7 +394,7 @@ impl VirtioDevice for VhostUserDevice {
     fn activate(&mut self) -> Result<(), ActivateError> {
         self.common.prepare_activation()?;
         if self.conn.is_none() {
-            warn!(
+            host_warn!(
                 "{}: the driver started the device while the back end is away; its rings start when the back end reconnects",
                 self.name
             );
@@ -409,7 +410,7 @@ impl VirtioDevice for VhostUserDevice {
         // Only a notify that missed the ioeventfd gets here: pass it on.
         if let Some(kick) = self.kicks.get(usize::from(index)) {
             if let Err(e) = kick.write(1) {
-                warn!("{}: forwarding a kick of queue {index}: {e}", self.name);
+                host_warn!("{}: forwarding a kick of queue {index}: {e}", self.name);
             }
         }
     }

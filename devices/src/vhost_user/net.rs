@@ -7,6 +7,7 @@ use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::{guest_warn, host_error};
 use log::{debug, error, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
@@ -195,13 +196,13 @@ impl NetBackend {
         if run.broken {
             // Without a status channel to the driver the ring stays as it
             // is; the front end resets the device when the guest does.
-            error!("{name}: queue {queue}: the driver corrupted the ring; serving stopped until the device is reset");
+            guest_warn!("{name}: queue {queue}: the driver corrupted the ring; serving stopped until the device is reset");
         }
         if run.completed {
             let notify = ring.get_queue_mut().needs_notification(mem).unwrap_or(true);
             if notify {
                 if let Err(e) = ring.signal_used_queue() {
-                    error!("{name}: queue {queue}: signalling the front end: {e}");
+                    host_error!("{name}: queue {queue}: signalling the front end: {e}");
                 }
             }
         }
@@ -256,7 +257,7 @@ impl VhostUserBackend for NetBackend {
         let flags = offload_flags(features);
         for (i, p) in inner.pairs.iter().enumerate() {
             if let Err(e) = p.tap.set_offload(flags) {
-                error!(
+                host_error!(
                     "{}: pair {i}: applying the guest's receive offloads {flags:#x}: {e}",
                     inner.name
                 );

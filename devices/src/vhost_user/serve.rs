@@ -80,6 +80,9 @@ pub fn serve<D: DaemonDevice>(device: D, socket: &Path) -> Result<(), ServeError
         // forgets the rings they used.
         drop(daemon);
         device.disconnected();
+        // The daemon has no timer of its own: the counts of what this
+        // front end's guest made the log leave out are written here.
+        crate::log_limit::report_all();
         info!(
             "{}: waiting for the next front end on {}",
             device.describe(),
@@ -151,6 +154,7 @@ fn stop_on_signals<D: DaemonDevice>(device: D, socket: PathBuf) {
         device.disconnected();
         let _ = std::fs::remove_file(&socket);
         info!("{}: stopped", device.describe());
+        crate::log_limit::report_all();
         drop(gate);
         std::process::exit(0);
     });

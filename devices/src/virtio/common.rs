@@ -1,28 +1,96 @@
 //! State every virtio device shares: features, status, queues, interrupt.
 
+use std::fmt;
 use std::sync::Arc;
 
-use log::{error, warn};
+use crate::{guest_warn, host_error};
 use thiserror::Error;
 use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use super::{
     InterruptKind, VirtioInterrupt, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK,
     STATUS_FAILED, STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
-use crate::ram::GuestRam;
+use crate::ram::{GuestMemoryMmap, GuestRam};
 
 #[derive(Debug, Error)]
 pub enum ActivateError {
-    #[error("queue {index} is not usable: its size or ring addresses lie outside guest RAM")]
-    InvalidQueue { index: usize },
+    #[error("queue {index} is not usable: {fault}")]
+    InvalidQueue { index: usize, fault: QueueFault },
     #[error("the driver did not accept VIRTIO_F_VERSION_1; legacy drivers are not supported")]
     Legacy,
     #[error("no interrupt was installed before activation")]
     NoInterrupt,
     #[error("{0}")]
     Device(String),
+}
+
+/// The three areas of a split virtqueue the driver places (virtio 1.2, 2.7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ring {
+    Descriptors,
+    /// The available ring.
+    Driver,
+    /// The used ring.
+    Device,
+}
+
+impl Ring {
+    pub const ALL: [Ring; 3] = [Ring::Descriptors, Ring::Driver, Ring::Device];
+
+    /// The alignment virtio 1.2, 2.7 requires of the area.
+    pub const fn align(self) -> u64 {
+        match self {
+            Ring::Descriptors => 16,
+            Ring::Driver => 2,
+            Ring::Device => 4,
+        }
+    }
+
+    /// The area's size for a queue of `size` entries, the event-index
+    /// field included (the device may touch it whatever was negotiated).
+    pub fn bytes(self, size: u16) -> u64 {
+        let n = u64::from(size);
+        match self {
+            Ring::Descriptors => 16 * n,
+            Ring::Driver => 6 + 2 * n,
+            Ring::Device => 6 + 8 * n,
+        }
+    }
+
+    /// Where `q` has the area now.
+    pub fn address(self, q: &Queue) -> u64 {
+        match self {
+            Ring::Descriptors => q.desc_table(),
+            Ring::Driver => q.avail_ring(),
+            Ring::Device => q.used_ring(),
+        }
+    }
+}
+
+impl fmt::Display for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Ring::Descriptors => "descriptor table",
+            Ring::Driver => "driver area (available ring)",
+            Ring::Device => "device area (used ring)",
+        })
+    }
+}
+
+/// Why a queue the driver made ready cannot be used. Each would have the
+/// device read descriptors from, or write used entries to, memory the
+/// driver never gave it (an unset address is guest-physical 0).
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum QueueFault {
+    #[error("the driver made it ready without writing its {ring} address; write all three ring addresses before QueueReady")]
+    Unset { ring: Ring },
+    #[error("its {ring} address {addr:#x} is not {}-byte aligned (virtio 1.2, 2.7)", ring.align())]
+    Misaligned { ring: Ring, addr: u64 },
+    #[error("its {ring} ({len} bytes at {addr:#x}) lies outside guest RAM")]
+    OutsideRam { ring: Ring, addr: u64, len: u64 },
 }
 
 /// The transport-independent part of a virtio device.
@@ -32,9 +100,22 @@ pub struct VirtioCommon {
     pub avail_features: u64,
     /// Features the driver accepted (a subset of `avail_features`).
     pub acked_features: u64,
+    /// Bits the driver's last write of each features page set although the
+    /// device never offered them. They are kept out of `acked_features`,
+    /// and while any remain the device refuses FEATURES_OK (virtio 1.2,
+    /// 2.2.2), so the driver learns that its choice was not accepted. Only
+    /// meaningful before FEATURES_OK, so it is not part of the saved state.
+    pub(super) unoffered_features: u64,
     pub status: u8,
     pub config_generation: u32,
     pub queues: Vec<Queue>,
+    /// Per queue, each ring address as the driver last wrote it since the
+    /// reset (`None`: never written), indexed like [`Ring::ALL`]. `Queue`
+    /// cannot tell: it starts at address 0 and keeps its old address when
+    /// given a misaligned one, so a driver's mistake would leave a ring at
+    /// guest-physical 0 that looks valid. A restored device counts every
+    /// address as written, since its queues hold what the driver gave.
+    pub(super) ring_addrs: Vec<[Option<u64>; 3]>,
     /// Set once DRIVER_OK activated the device, cleared by reset.
     pub activated: bool,
     pub ram: Arc<GuestRam>,
@@ -51,11 +132,13 @@ impl VirtioCommon {
         let queues = queue_max_sizes
             .iter()
             .map(|&s| Queue::new(s).expect("device queue sizes are powers of two"))
-            .collect();
+            .collect::<Vec<_>>();
         VirtioCommon {
+            ring_addrs: vec![[None; 3]; queues.len()],
             device_type,
             avail_features: avail_features | VIRTIO_F_VERSION_1,
             acked_features: 0,
+            unoffered_features: 0,
             status: 0,
             config_generation: 0,
             queues,
@@ -79,10 +162,11 @@ impl VirtioCommon {
     }
 
     /// The driver writes page `select` of the features it accepts; bits not
-    /// offered are dropped (and logged), and nothing changes after FEATURES_OK.
+    /// offered are remembered (FEATURES_OK will be refused while a page
+    /// holds any), and nothing changes after FEATURES_OK.
     pub fn ack_features_page(&mut self, select: u32, value: u32) {
         if self.status & STATUS_FEATURES_OK != 0 {
-            warn!(
+            guest_warn!(
                 "virtio type {}: driver wrote features after FEATURES_OK; ignored",
                 self.device_type
             );
@@ -94,13 +178,10 @@ impl VirtioCommon {
             _ => return,
         };
         let wanted = (u64::from(value) << shift) & mask;
-        let unknown = wanted & !self.avail_features;
-        if unknown != 0 {
-            warn!(
-                "virtio type {}: driver accepted features {unknown:#x} that were not offered; dropped",
-                self.device_type
-            );
-        }
+        // A later write of the same page replaces the earlier one, so a
+        // driver that corrects its choice before FEATURES_OK is accepted.
+        self.unoffered_features =
+            (self.unoffered_features & !mask) | (wanted & !self.avail_features);
         self.acked_features = (self.acked_features & !mask) | (wanted & self.avail_features);
     }
 
@@ -114,7 +195,7 @@ impl VirtioCommon {
         let old = self.status;
         // Bits only go up between resets (virtio 1.x, 2.1.1).
         if status & old != old {
-            warn!(
+            guest_warn!(
                 "virtio type {}: status {status:#x} clears bits of {old:#x} without reset; ignored",
                 self.device_type
             );
@@ -125,15 +206,25 @@ impl VirtioCommon {
             && old & STATUS_FEATURES_OK == 0
             && self.acked_features & VIRTIO_F_VERSION_1 == 0
         {
-            error!(
+            guest_warn!(
                 "virtio type {}: driver did not accept VIRTIO_F_VERSION_1; refusing FEATURES_OK",
                 self.device_type
             );
             new &= !STATUS_FEATURES_OK;
         }
+        if new & STATUS_FEATURES_OK != 0
+            && old & STATUS_FEATURES_OK == 0
+            && self.unoffered_features != 0
+        {
+            guest_warn!(
+                "virtio type {}: driver accepted features {:#x} that the device never offered (it offers {:#x}); refusing FEATURES_OK (virtio 1.2, 2.2.2), the driver must reset the device and accept only offered features",
+                self.device_type, self.unoffered_features, self.avail_features
+            );
+            new &= !STATUS_FEATURES_OK;
+        }
         let needs = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
         if new & STATUS_DRIVER_OK != 0 && new & needs != needs {
-            warn!(
+            guest_warn!(
                 "virtio type {}: DRIVER_OK before FEATURES_OK; ignored",
                 self.device_type
             );
@@ -143,7 +234,59 @@ impl VirtioCommon {
         new & STATUS_DRIVER_OK != 0 && old & STATUS_DRIVER_OK == 0 && new & STATUS_FAILED == 0
     }
 
-    /// Common part of activation: event-idx on the queues, queues valid, interrupt present.
+    /// The driver wrote the low and/or high half of `ring`'s address for
+    /// queue `index` (the transport checked that the queue may still be
+    /// configured). The queue takes the address only if it is aligned; the
+    /// address as written is remembered for [`Self::prepare_activation`].
+    pub fn write_ring_address(
+        &mut self,
+        index: usize,
+        ring: Ring,
+        low: Option<u32>,
+        high: Option<u32>,
+    ) {
+        let (Some(q), Some(addrs)) = (self.queues.get_mut(index), self.ring_addrs.get_mut(index))
+        else {
+            return;
+        };
+        let slot = &mut addrs[ring as usize];
+        let old = slot.unwrap_or(0);
+        let low = low.map_or(old & 0xffff_ffff, u64::from);
+        let high = high.map_or(old >> 32, u64::from);
+        let addr = (high << 32) | low;
+        *slot = Some(addr);
+        if !addr.is_multiple_of(ring.align()) {
+            // Refused at activation; Queue's own setters would log an
+            // error on every such write, which the guest controls.
+            return;
+        }
+        let addr = GuestAddress(addr);
+        // Aligned, so none of these can fail.
+        let _ = match ring {
+            Ring::Descriptors => q.try_set_desc_table_address(addr),
+            Ring::Driver => q.try_set_avail_ring_address(addr),
+            Ring::Device => q.try_set_used_ring_address(addr),
+        };
+    }
+
+    /// Why ready queue `index` cannot be used, if it cannot.
+    pub fn queue_fault(&self, index: usize) -> Option<QueueFault> {
+        let q = self.queues.get(index)?;
+        let addrs = self.ring_addrs.get(index)?;
+        for ring in Ring::ALL {
+            match addrs[ring as usize] {
+                None => return Some(QueueFault::Unset { ring }),
+                Some(addr) if !addr.is_multiple_of(ring.align()) => {
+                    return Some(QueueFault::Misaligned { ring, addr })
+                }
+                Some(_) => {}
+            }
+        }
+        rings_outside_ram(q, self.ram.memory())
+    }
+
+    /// Common part of activation: event-idx on the queues, every ready
+    /// queue set up as virtio requires, interrupt present.
     pub fn prepare_activation(&mut self) -> Result<(), ActivateError> {
         if self.acked_features & VIRTIO_F_VERSION_1 == 0 {
             return Err(ActivateError::Legacy);
@@ -152,11 +295,13 @@ impl VirtioCommon {
             return Err(ActivateError::NoInterrupt);
         }
         let event_idx = self.has_feature(VIRTIO_RING_F_EVENT_IDX);
-        let mem = self.ram.memory();
-        for (index, q) in self.queues.iter_mut().enumerate() {
-            q.set_event_idx(event_idx);
-            if q.ready() && !q.is_valid(mem) {
-                return Err(ActivateError::InvalidQueue { index });
+        for index in 0..self.queues.len() {
+            self.queues[index].set_event_idx(event_idx);
+            if !self.queues[index].ready() {
+                continue;
+            }
+            if let Some(fault) = self.queue_fault(index) {
+                return Err(ActivateError::InvalidQueue { index, fault });
             }
         }
         self.activated = true;
@@ -173,11 +318,13 @@ impl VirtioCommon {
     /// Back to the state before the driver's first access; the offer stays.
     pub fn reset(&mut self) {
         self.acked_features = 0;
+        self.unoffered_features = 0;
         self.status = 0;
         self.activated = false;
         for q in &mut self.queues {
             q.reset();
         }
+        self.ring_addrs.fill([None; 3]);
     }
 
     /// Interrupts the driver for `queue` if it wants to hear about new used buffers.
@@ -190,7 +337,7 @@ impl VirtioCommon {
             Ok(false) => {}
             Err(e) => {
                 // The used-event field is unreadable: interrupt rather than stall the driver.
-                warn!("virtio type {}: queue {queue}: {e}", self.device_type);
+                guest_warn!("virtio type {}: queue {queue}: {e}", self.device_type);
                 self.trigger(InterruptKind::Queue(queue));
             }
         }
@@ -207,11 +354,128 @@ impl VirtioCommon {
     pub fn trigger(&self, kind: InterruptKind) {
         if let Some(irq) = &self.interrupt {
             if let Err(e) = irq.trigger(kind) {
-                error!(
+                host_error!(
                     "virtio type {}: raising {kind:?} interrupt failed: {e}",
                     self.device_type
                 );
             }
         }
+    }
+}
+
+/// The first of `q`'s rings that does not lie inside guest RAM.
+pub(super) fn rings_outside_ram(q: &Queue, mem: &GuestMemoryMmap) -> Option<QueueFault> {
+    Ring::ALL.into_iter().find_map(|ring| {
+        let (addr, len) = (ring.address(q), ring.bytes(q.size()));
+        let inside = addr.checked_add(len).is_some()
+            && GuestMemoryBackend::check_range(mem, GuestAddress(addr), len as usize);
+        (!inside).then_some(QueueFault::OutsideRam { ring, addr, len })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFERED: u64 = VIRTIO_RING_F_EVENT_IDX | 1 << 5;
+    const DRIVER: u8 = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
+
+    fn common() -> VirtioCommon {
+        let ram = Arc::new(GuestRam::anonymous(1 << 20).unwrap());
+        let mut c = VirtioCommon::new(2, OFFERED, &[16], ram);
+        c.set_status(STATUS_ACKNOWLEDGE);
+        c.set_status(DRIVER);
+        c
+    }
+
+    fn accept(c: &mut VirtioCommon, features: u64) {
+        c.ack_features_page(0, features as u32);
+        c.ack_features_page(1, (features >> 32) as u32);
+    }
+
+    #[test]
+    fn features_ok_needs_a_subset_of_the_offer() {
+        let all = OFFERED | VIRTIO_F_VERSION_1;
+        for extra in [1u64 << 0, 1 << 6, 1 << 31, 1 << 33, 1 << 63] {
+            let mut c = common();
+            accept(&mut c, all | extra);
+            assert_eq!(c.acked_features, all, "only offered bits are negotiated");
+            c.set_status(DRIVER | STATUS_FEATURES_OK);
+            assert_eq!(c.status, DRIVER, "extra bit {extra:#x}");
+        }
+        // The offer itself, or part of it, is accepted.
+        for features in [all, VIRTIO_F_VERSION_1] {
+            let mut c = common();
+            accept(&mut c, features);
+            c.set_status(DRIVER | STATUS_FEATURES_OK);
+            assert_eq!(c.status, DRIVER | STATUS_FEATURES_OK);
+            assert_eq!(c.acked_features, features);
+        }
+    }
+
+    fn ready_queue(addrs: [Option<u64>; 3]) -> VirtioCommon {
+        let mut c = common();
+        for (ring, addr) in Ring::ALL.into_iter().zip(addrs) {
+            if let Some(a) = addr {
+                c.write_ring_address(0, ring, Some(a as u32), Some((a >> 32) as u32));
+            }
+        }
+        c.queues[0].set_ready(true);
+        c
+    }
+
+    #[test]
+    fn a_ready_queue_needs_every_ring_written_aligned_and_in_ram() {
+        let good = [Some(0), Some(0x100), Some(0x200)];
+        assert_eq!(
+            ready_queue(good).queue_fault(0),
+            None,
+            "rings at 0 are fine"
+        );
+        let mut unset = good;
+        unset[2] = None;
+        assert_eq!(
+            ready_queue(unset).queue_fault(0),
+            Some(QueueFault::Unset { ring: Ring::Device })
+        );
+        let mut skewed = good;
+        skewed[1] = Some(0x101);
+        let c = ready_queue(skewed);
+        assert_eq!(
+            c.queue_fault(0),
+            Some(QueueFault::Misaligned {
+                ring: Ring::Driver,
+                addr: 0x101
+            })
+        );
+        assert_eq!(c.queues[0].avail_ring(), 0, "the queue never took it");
+        let mut far = good;
+        far[0] = Some(1 << 32);
+        assert!(matches!(
+            ready_queue(far).queue_fault(0),
+            Some(QueueFault::OutsideRam {
+                ring: Ring::Descriptors,
+                ..
+            })
+        ));
+
+        // Halves combine, and a corrected address replaces a misaligned one.
+        let mut c = ready_queue(skewed);
+        c.queues[0].set_ready(false);
+        c.write_ring_address(0, Ring::Driver, Some(0x102), None);
+        c.write_ring_address(0, Ring::Driver, None, Some(0));
+        c.queues[0].set_ready(true);
+        assert_eq!(c.queue_fault(0), None);
+        assert_eq!(c.queues[0].avail_ring(), 0x102);
+
+        // A reset forgets the addresses.
+        c.reset();
+        c.queues[0].set_ready(true);
+        assert_eq!(
+            c.queue_fault(0),
+            Some(QueueFault::Unset {
+                ring: Ring::Descriptors
+            })
+        );
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod balloon;
 pub mod block;
+pub mod chain;
 mod common;
 mod interrupt;
 pub mod mem;
@@ -16,7 +17,7 @@ pub mod persist;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 
-pub use common::{ActivateError, VirtioCommon};
+pub use common::{ActivateError, QueueFault, Ring, VirtioCommon};
 pub use interrupt::{InterruptKind, VirtioInterrupt};
 
 use virtio_bindings::virtio_config;

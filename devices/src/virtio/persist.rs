@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use virtio_queue::{Queue, QueueState, QueueT};
 
-use super::common::VirtioCommon;
+use super::common::{rings_outside_ram, Ring, VirtioCommon};
 use super::{STATUS_DRIVER_OK, VIRTIO_F_VERSION_1};
 
 /// Largest state blob accepted; a virtio-mem bitmap of a 1 TiB region in
@@ -246,10 +246,10 @@ impl VirtioCommonState {
             }
             let q = Queue::try_from(QueueState::from(*saved))
                 .map_err(|e| PersistError::Invalid(format!("queue {i}: {e}")))?;
-            if self.activated && q.ready() && !q.is_valid(common.ram.memory()) {
-                return Err(PersistError::Invalid(format!(
-                    "queue {i}'s rings lie outside guest RAM"
-                )));
+            if self.activated && q.ready() {
+                if let Some(fault) = rings_outside_ram(&q, common.ram.memory()) {
+                    return Err(PersistError::Invalid(format!("queue {i}: {fault}")));
+                }
             }
             queues.push(q);
         }
@@ -264,6 +264,12 @@ impl VirtioCommonState {
         common.status = self.status;
         common.config_generation = self.config_generation;
         common.activated = self.activated;
+        // The saved queues hold what the driver wrote, all of it checked
+        // when it was first activated (or above).
+        common.ring_addrs = queues
+            .iter()
+            .map(|q| Ring::ALL.map(|r| Some(r.address(q))))
+            .collect();
         common.queues = queues;
         Ok(())
     }

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 
+use devices::host_warn;
 use log::warn;
 use serde::{Deserialize, Serialize};
 use vm_superio::serial::SerialEvents;
@@ -260,7 +261,7 @@ impl BusDevice for SerialDevice {
         }
         if let Err(e) = self.uart.write(offset as u8, data[0]) {
             // Output the host cannot take (a closed pipe) must not stop the guest.
-            warn!("COM1: {e}");
+            host_warn!("COM1: {e}");
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Once};
 
+use devices::guest_warn;
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -320,7 +321,7 @@ impl Vcpu {
                     "vCPU {index}: the guest reported a crash"
                 ))),
                 other => {
-                    warn!("vCPU {index}: unknown system event {other}; ignored");
+                    guest_warn!("vCPU {index}: unknown system event {other}; ignored");
                     None
                 }
             },
@@ -333,7 +334,7 @@ impl Vcpu {
             ))),
             Ok(VcpuExit::Intr) => None,
             Ok(other) => {
-                warn!("vCPU {index}: unexpected exit {other:?}; ignored");
+                guest_warn!("vCPU {index}: unexpected exit {other:?}; ignored");
                 None
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {

@@ -5,16 +5,18 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::{guest_warn, host_error};
 use log::{debug, error, info, warn};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::config::BalloonConfig;
 use crate::ram::{DiscardError, GuestMemoryMmap, GuestRam, RegionRole, PAGE_SIZE};
 use crate::size::format_size;
+use crate::virtio::chain::{add_used, pop_chain, Chain};
 use crate::virtio::{
     read_config_bytes, ActivateError, VirtioCommon, VirtioDevice, TYPE_BALLOON,
     VIRTIO_RING_F_EVENT_IDX,
@@ -192,6 +194,8 @@ pub struct BalloonCounters {
 enum ChainError {
     #[error("descriptor chain {head} is broken: it loops, has a bad next index or an unreadable descriptor, or exceeds 4 GiB")]
     Broken { head: u16 },
+    #[error("descriptor chain {head} refers to an indirect descriptor table, but VIRTIO_F_INDIRECT_DESC is not offered")]
+    Indirect { head: u16 },
     #[error("descriptor chain {head}: buffer {addr:#x}+{len:#x} is device-writable, but this queue only carries data from the driver")]
     WriteOnly { head: u16, addr: u64, len: u32 },
     #[error(
@@ -258,32 +262,32 @@ impl Burst {
 
     fn log(&self, queue: BalloonQueue) {
         if let Some(e) = &self.first_refusal {
-            error!(
+            host_error!(
                 "balloon {queue}: guest RAM was not given back: {} discard(s) of {} in total failed, first: {e}",
                 self.refusals,
                 format_size(self.refused_bytes)
             );
         }
         if let Some(what) = &self.first_invalid {
-            warn!(
+            guest_warn!(
                 "balloon {queue}: skipped {} range(s) outside guest RAM, first: {what}",
                 self.invalid
             );
         }
         if let Some(e) = &self.first_malformed {
-            warn!(
+            guest_warn!(
                 "balloon {queue}: completed {} malformed chain(s) without acting on them, first: {e}",
                 self.malformed
             );
         }
         if self.replaced_stats > 0 {
-            warn!(
+            guest_warn!(
                 "balloon {queue}: the driver sent {} stats buffer(s) while the device held one; returned the older",
                 self.replaced_stats
             );
         }
         if let Some(what) = &self.first_unreturnable {
-            warn!(
+            guest_warn!(
                 "balloon {queue}: {} chain(s) could not be returned to the driver, first: {what}",
                 self.unreturnable
             );
@@ -537,8 +541,7 @@ impl Balloon {
             .queues
             .get_mut(usize::from(index))
             .ok_or_else(|| format!("queue {index} does not exist"))?;
-        q.add_used(c.ram.memory(), head, 0)
-            .map_err(|e| format!("descriptor chain {head}: {e}"))
+        add_used(q, c.ram.memory(), head, 0).map_err(|e| format!("descriptor chain {head}: {e}"))
     }
 
     /// Drains queue `index` until the driver adds nothing more.
@@ -551,11 +554,14 @@ impl Balloon {
         loop {
             let q = &mut self.common.queues[usize::from(index)];
             if let Err(e) = q.disable_notification(mem) {
-                warn!("balloon {role}: cannot disable notifications: {e}");
+                guest_warn!("balloon {role}: cannot disable notifications: {e}");
             }
             let mut popped = 0usize;
-            while let Some(chain) = self.common.queues[usize::from(index)].pop_descriptor_chain(mem)
-            {
+            while let Some(chain) = pop_chain(
+                &mut self.common.queues[usize::from(index)],
+                mem,
+                &format_args!("balloon {role}"),
+            ) {
                 popped += 1;
                 let head = chain.head_index();
                 let done = match self.handle_chain(role, chain, &ram, &mut burst) {
@@ -579,12 +585,12 @@ impl Balloon {
                 // is corrupt (virtio-queue logged it): stop rather than spin.
                 Ok(true) if idle_passes < 2 => continue,
                 Ok(true) => {
-                    warn!("balloon {role}: the available ring index is invalid; waiting for the next notification");
+                    guest_warn!("balloon {role}: the available ring index is invalid; waiting for the next notification");
                     break;
                 }
                 Ok(false) => break,
                 Err(e) => {
-                    warn!("balloon {role}: cannot re-enable notifications: {e}");
+                    guest_warn!("balloon {role}: cannot re-enable notifications: {e}");
                     break;
                 }
             }
@@ -598,7 +604,7 @@ impl Balloon {
     fn handle_chain(
         &mut self,
         role: BalloonQueue,
-        chain: DescriptorChain<&GuestMemoryMmap>,
+        chain: Chain<&GuestMemoryMmap>,
         ram: &GuestRam,
         burst: &mut Burst,
     ) -> Disposition {
@@ -628,7 +634,7 @@ impl Balloon {
     fn handle_pfns(
         &mut self,
         role: BalloonQueue,
-        chain: DescriptorChain<&GuestMemoryMmap>,
+        chain: Chain<&GuestMemoryMmap>,
         ram: &GuestRam,
         burst: &mut Burst,
     ) -> Result<(), ChainError> {
@@ -717,7 +723,7 @@ impl Balloon {
     /// Free page reporting: each buffer is a range of free guest RAM.
     fn handle_report(
         &mut self,
-        chain: DescriptorChain<&GuestMemoryMmap>,
+        chain: Chain<&GuestMemoryMmap>,
         ram: &GuestRam,
         burst: &mut Burst,
     ) -> Result<(), ChainError> {
@@ -753,7 +759,7 @@ impl Balloon {
     /// Parses a stats buffer into `self.stats`.
     fn handle_stats(
         &mut self,
-        chain: DescriptorChain<&GuestMemoryMmap>,
+        chain: Chain<&GuestMemoryMmap>,
         mem: &GuestMemoryMmap,
     ) -> Result<(), ChainError> {
         let head = chain.head_index();
@@ -822,15 +828,18 @@ fn ram_spans(ram: &GuestRam, addr: u64, len: u64) -> Vec<(u64, u64)> {
 
 /// Every descriptor of a chain, or an error if the chain does not end
 /// properly. The iterator just stops on a loop, a bad index, an unreadable
-/// descriptor or a chain over 4 GiB; a chain that ended well has a last
-/// descriptor without NEXT.
-fn descriptors(chain: DescriptorChain<&GuestMemoryMmap>) -> Result<Vec<Descriptor>, ChainError> {
+/// descriptor, a chain over 4 GiB or an indirect descriptor; a chain that
+/// ended well has a last descriptor without NEXT.
+fn descriptors(mut chain: Chain<&GuestMemoryMmap>) -> Result<Vec<Descriptor>, ChainError> {
     let head = chain.head_index();
     let mut out = Vec::new();
     let mut terminated = false;
-    for d in chain {
+    for d in chain.by_ref() {
         terminated = !d.has_next();
         out.push(d);
+    }
+    if chain.met_indirect() {
+        return Err(ChainError::Indirect { head });
     }
     if terminated {
         Ok(out)
@@ -842,7 +851,7 @@ fn descriptors(chain: DescriptorChain<&GuestMemoryMmap>) -> Result<Vec<Descripto
 /// The descriptors of a chain that carries data from the driver: all
 /// device-readable, inside guest RAM, `max` bytes at most.
 fn driver_buffers(
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    chain: Chain<&GuestMemoryMmap>,
     mem: &GuestMemoryMmap,
     max: u64,
 ) -> Result<Vec<Descriptor>, ChainError> {
@@ -952,6 +961,13 @@ impl VirtioDevice for Balloon {
             }
             return;
         };
+        let queue = self.common.queues.get(usize::from(index));
+        if !queue.is_some_and(|q| q.ready()) {
+            // Its rings were never set up, so they are at guest-physical 0:
+            // processing it would write the guest's memory there.
+            guest_warn!("balloon {role}: queue {index} notified but never made ready; ignored");
+            return;
+        }
         self.process_queue(index, role);
     }
 

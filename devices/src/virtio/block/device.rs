@@ -3,7 +3,7 @@
 use std::mem::{offset_of, size_of};
 use std::sync::Arc;
 
-use log::{error, warn};
+use crate::guest_warn;
 use virtio_bindings::virtio_blk::{
     virtio_blk_config, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
     VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
@@ -191,7 +191,7 @@ impl VirtioDevice for Block {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Nothing is writable: writeback caching (CONFIG_WCE) is not offered.
-        warn!(
+        guest_warn!(
             "virtio-blk: driver wrote {} bytes at config offset {offset}; the block config is read-only, ignored",
             data.len()
         );
@@ -203,15 +203,15 @@ impl VirtioDevice for Block {
 
     fn queue_notify(&mut self, index: u16) {
         if index != 0 {
-            warn!("virtio-blk: notification for queue {index}, but the device has only queue 0; ignored");
+            guest_warn!("virtio-blk: notification for queue {index}, but the device has only queue 0; ignored");
             return;
         }
         if !self.common.activated {
-            warn!("virtio-blk: queue notified before the device was activated; ignored");
+            guest_warn!("virtio-blk: queue notified before the device was activated; ignored");
             return;
         }
         if !self.common.queues[0].ready() {
-            error!("virtio-blk: queue 0 notified but not ready; ignored");
+            guest_warn!("virtio-blk: queue 0 notified but not ready; ignored");
             return;
         }
         self.process_queue();

@@ -10,7 +10,8 @@
 use std::collections::VecDeque;
 use std::io;
 
-use log::{debug, warn};
+use crate::{guest_warn, host_error};
+use log::debug;
 use thiserror::Error;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
@@ -18,10 +19,11 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::disk::{Disk, DIRECT_ALIGN, SECTOR_SHIFT, SECTOR_SIZE};
+use crate::virtio::chain::{add_used, pop_chain, Chain};
 
 pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 const HEADER_LEN: usize = 16;
@@ -45,6 +47,8 @@ enum RequestError {
     OutsideRam { index: usize, addr: u64, len: u32 },
     #[error("a device-readable descriptor follows a device-writable one")]
     ReadableAfterWritable,
+    #[error("a write request has {0} device-writable bytes before its status byte; the data to write must be device-readable (virtio 1.2, 5.2.6)")]
+    WritableWriteData(usize),
     #[error("the chain has {0} readable bytes, fewer than the 16-byte request header")]
     ShortHeader(usize),
     #[error("the request's buffers are shorter than its data")]
@@ -103,14 +107,14 @@ pub fn process_queue<M: GuestMemoryBackend>(
     let mut empty_rounds = 0;
     loop {
         if let Err(e) = queue.disable_notification(mem) {
-            warn!("virtio-blk: cannot suppress notifications: {e}");
+            guest_warn!("virtio-blk: cannot suppress notifications: {e}");
         }
         let mut processed = 0usize;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        while let Some(chain) = pop_chain(queue, mem, &"virtio-blk") {
             let head = chain.head_index();
             let len = process(disk, id, mem, chain);
-            if let Err(e) = queue.add_used(mem, head, len) {
-                warn!("virtio-blk: cannot return descriptor {head} to the driver: {e}");
+            if let Err(e) = add_used(queue, mem, head, len) {
+                guest_warn!("virtio-blk: cannot return descriptor {head} to the driver: {e}");
             }
             processed += 1;
         }
@@ -121,14 +125,14 @@ pub fn process_queue<M: GuestMemoryBackend>(
             // One empty round is the driver publishing between our last
             // look and re-enabling notifications: look again.
             Ok(true) if empty_rounds >= 2 => {
-                // The avail index promises chains pop_descriptor_chain
+                // The avail index promises chains pop_chain
                 // refuses (it is over a queue ahead); retrying would spin.
-                warn!("virtio-blk: the driver's avail index is inconsistent; waiting for the next notification");
+                guest_warn!("virtio-blk: the driver's avail index is inconsistent; waiting for the next notification");
                 break;
             }
             Ok(true) => {}
             Err(e) => {
-                warn!("virtio-blk: cannot re-enable notifications: {e}");
+                guest_warn!("virtio-blk: cannot re-enable notifications: {e}");
                 break;
             }
         }
@@ -143,7 +147,7 @@ pub fn process<M: GuestMemoryBackend>(
     disk: &Disk,
     id: &[u8; ID_BYTES],
     mem: &M,
-    chain: DescriptorChain<&M>,
+    chain: Chain<&M>,
 ) -> u32 {
     Request::from_chain(chain).run(disk, id, mem)
 }
@@ -152,15 +156,19 @@ pub fn process<M: GuestMemoryBackend>(
 pub struct Request {
     head: u16,
     descs: Vec<Descriptor>,
+    /// The chain refers to an indirect table, which is never negotiated.
+    indirect: bool,
 }
 
 impl Request {
     /// Walks the chain once: the guest may rewrite its descriptors while
     /// the request runs, so everything uses this copy, validated once.
-    pub fn from_chain<M: GuestMemoryBackend>(chain: DescriptorChain<&M>) -> Request {
+    pub fn from_chain<M: GuestMemoryBackend>(mut chain: Chain<&M>) -> Request {
+        let descs = chain.by_ref().collect();
         Request {
             head: chain.head_index(),
-            descs: chain.collect(),
+            descs,
+            indirect: chain.met_indirect(),
         }
     }
 
@@ -172,6 +180,15 @@ impl Request {
     /// Runs the request against `disk` and writes its status; returns the
     /// used length, as [`process`] does.
     pub fn run<M: GuestMemoryBackend>(&self, disk: &Disk, id: &[u8; ID_BYTES], mem: &M) -> u32 {
+        if self.indirect {
+            // Its status byte, the chain's last, is in the table, which is
+            // not read: there is nothing to answer in.
+            guest_warn!(
+                "virtio-blk: chain at descriptor {} refers to an indirect descriptor table, but VIRTIO_F_INDIRECT_DESC is not offered; returned without processing",
+                self.head
+            );
+            return 0;
+        }
         run_descs(disk, id, mem, self.head, &self.descs)
     }
 }
@@ -184,7 +201,7 @@ fn run_descs<M: GuestMemoryBackend>(
     descs: &[Descriptor],
 ) -> u32 {
     let Some(status_addr) = status_location(descs, mem) else {
-        warn!(
+        guest_warn!(
             "virtio-blk: chain at descriptor {head} ({} descriptors) has no device-writable status byte in guest RAM; returned without processing",
             descs.len()
         );
@@ -193,10 +210,14 @@ fn run_descs<M: GuestMemoryBackend>(
     let (status, written) = match execute(disk, id, mem, descs) {
         Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
         Err(e) => {
-            if e.status() == VIRTIO_BLK_S_UNSUPP as u8 {
-                debug!("virtio-blk: request at descriptor {head}: {e}");
-            } else {
-                warn!("virtio-blk: request at descriptor {head} failed: {e}");
+            match e {
+                _ if e.status() == VIRTIO_BLK_S_UNSUPP as u8 => {
+                    debug!("virtio-blk: request at descriptor {head}: {e}")
+                }
+                RequestError::Disk(_) => {
+                    host_error!("virtio-blk: request at descriptor {head} failed: {e}")
+                }
+                _ => guest_warn!("virtio-blk: request at descriptor {head} failed: {e}"),
             }
             // The used length only promises bytes certainly written, so a
             // failed request reports the status byte alone.
@@ -204,7 +225,7 @@ fn run_descs<M: GuestMemoryBackend>(
         }
     };
     if let Err(e) = mem.write_obj(status, status_addr) {
-        warn!("virtio-blk: chain at descriptor {head}: writing the status byte failed: {e}");
+        guest_warn!("virtio-blk: chain at descriptor {head}: writing the status byte failed: {e}");
         return 0;
     }
     written.saturating_add(1)
@@ -279,6 +300,9 @@ fn execute<M: GuestMemoryBackend>(
             })
         }
         VIRTIO_BLK_T_OUT => {
+            if writer.remaining() != 0 {
+                return Err(RequestError::WritableWriteData(writer.remaining()));
+            }
             if disk.readonly() {
                 return Err(RequestError::ReadOnly);
             }

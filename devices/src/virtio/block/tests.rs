@@ -21,7 +21,8 @@ use super::*;
 use crate::ram::{GuestMemoryMmap, GuestRam};
 use crate::virtio::persist::{encode, Persist, PersistError};
 use crate::virtio::testing::{
-    init_device, raw, Buf, DriverQueue, InterruptLog, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    init_device, raw, write_table, Buf, DriverQueue, InterruptLog, VIRTQ_DESC_F_INDIRECT,
+    VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 use crate::virtio::{
     InterruptKind, VirtioDevice, TYPE_BLOCK, TYPE_NET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
@@ -834,6 +835,77 @@ fn readable_after_writable_gets_ioerr() {
         s,
     );
     assert_eq!(r.read(d, 512), vec![UNTOUCHED; 512]);
+}
+
+/// A write's data is device-readable (virtio 1.2, 5.2.6). Data in a
+/// device-writable buffer used to be skipped: the write completed with OK
+/// and nothing written.
+#[test]
+fn write_with_device_writable_data_gets_ioerr() {
+    let (_d, mut r) = rig(false);
+    let before = r.image();
+    let h = r.put(&header(VIRTIO_BLK_T_OUT, 2));
+    let d = r.put(&data(1024, 9));
+    let s = r.out_buf(1);
+    assert_ioerr_chain(&mut r, &[Buf::r(h, 16), Buf::w(d, 512), Buf::w(s, 1)], s);
+    // Part of the data readable, part writable: nothing of it is written.
+    assert_ioerr_chain(
+        &mut r,
+        &[
+            Buf::r(h, 16),
+            Buf::r(d, 512),
+            Buf::w(d + 512, 512),
+            Buf::w(s, 1),
+        ],
+        s,
+    );
+    assert_eq!(r.read(d, 1024), data(1024, 9), "the guest's buffer changed");
+    assert_eq!(r.image(), before);
+}
+
+/// VIRTIO_F_INDIRECT_DESC is never offered, so a descriptor referring to
+/// an indirect table is a driver error (virtio 1.2, 2.7.5.3.1): its chain
+/// is returned unanswered and the request does not run, whether the table
+/// is the chain's head or follows direct descriptors.
+#[test]
+fn chains_with_indirect_descriptors_are_refused() {
+    let (_d, mut r) = rig(false);
+    let before = r.image();
+    let h = r.put(&header(VIRTIO_BLK_T_OUT, 1));
+    let d = r.put(&data(512, 3));
+    let s = r.out_buf(1);
+    let (whole, rest) = (r.alloc(48), r.alloc(32));
+    let whole_len = write_table(
+        r.mem(),
+        whole,
+        &[
+            raw(h, 16, VIRTQ_DESC_F_NEXT, 1),
+            raw(d, 512, VIRTQ_DESC_F_NEXT, 2),
+            raw(s, 1, VIRTQ_DESC_F_WRITE, 0),
+        ],
+    );
+    let rest_len = write_table(
+        r.mem(),
+        rest,
+        &[
+            raw(d, 512, VIRTQ_DESC_F_NEXT, 1),
+            raw(s, 1, VIRTQ_DESC_F_WRITE, 0),
+        ],
+    );
+    let chains = [
+        vec![(14, raw(whole, whole_len, VIRTQ_DESC_F_INDIRECT, 0))],
+        vec![
+            (14, raw(h, 16, VIRTQ_DESC_F_NEXT, 15)),
+            (15, raw(rest, rest_len, VIRTQ_DESC_F_INDIRECT, 0)),
+        ],
+    ];
+    for table in chains {
+        r.dq.add_raw_chain(14, &table);
+        assert_eq!(r.notify(), vec![(14, 0)], "{table:?}");
+        assert_eq!(r.read(s, 1), vec![UNTOUCHED]);
+        assert_eq!(r.image(), before, "the write ran");
+        r.assert_healthy();
+    }
 }
 
 #[test]

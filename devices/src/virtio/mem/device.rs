@@ -9,15 +9,17 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use log::{debug, error, info, warn};
+use crate::{guest_warn, host_error};
+use log::{debug, info, warn};
 use thiserror::Error;
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::bitmap::BlockBitmap;
 use super::config::{MemConfig, MIN_BLOCK_SIZE};
 use crate::ram::{DiscardError, GuestMemoryMmap, GuestRam, RegionRole};
 use crate::size::format_size;
+use crate::virtio::chain::{add_used, pop_chain, Chain};
 use crate::virtio::{
     read_config_bytes, ActivateError, VirtioCommon, VirtioDevice, TYPE_MEM, VIRTIO_RING_F_EVENT_IDX,
 };
@@ -458,7 +460,7 @@ impl Mem {
                     // The blocks stay plugged: their memory was not given back,
                     // and forgetting them would let a later PLUG hand out
                     // memory that does not read as zero.
-                    error!("{device}: UNPLUG {addr:#x} x{nb_blocks} refused: {e}");
+                    host_error!("{device}: UNPLUG {addr:#x} x{nb_blocks} refused: {e}");
                     return Response::of(VIRTIO_MEM_RESP_ERROR);
                 }
                 self.plugged.assign(blocks, false);
@@ -470,7 +472,7 @@ impl Mem {
                 Err(e) => {
                     // BUSY is the only refusal the spec gives UNPLUG_ALL, and it
                     // requires the state unchanged, which unplug_all guarantees.
-                    error!("{device}: UNPLUG_ALL refused: {e}");
+                    host_error!("{device}: UNPLUG_ALL refused: {e}");
                     Response::of(VIRTIO_MEM_RESP_BUSY)
                 }
             },
@@ -496,17 +498,13 @@ impl Mem {
     }
 
     /// Handles one chain; returns the number of bytes written for the used ring.
-    fn process_chain(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        chain: DescriptorChain<&GuestMemoryMmap>,
-    ) -> u32 {
+    fn process_chain(&mut self, mem: &GuestMemoryMmap, chain: Chain<&GuestMemoryMmap>) -> u32 {
         let device = self.config.device_name();
         let head = chain.head_index();
         let (readable, writable) = match split_chain(chain) {
             Ok(s) => s,
             Err(why) => {
-                warn!("{device}: chain {head}: {why}; returned unanswered");
+                guest_warn!("{device}: chain {head}: {why}; returned unanswered");
                 return 0;
             }
         };
@@ -515,7 +513,7 @@ impl Mem {
         // driver never hears about would leave the two sides disagreeing.
         let capacity: u64 = writable.iter().map(|s| s.len).sum();
         if capacity < RESP_HEADER_SIZE as u64 {
-            warn!("{device}: chain {head}: response buffer of {capacity} bytes, needs at least {RESP_HEADER_SIZE}; returned unanswered");
+            guest_warn!("{device}: chain {head}: response buffer of {capacity} bytes, needs at least {RESP_HEADER_SIZE}; returned unanswered");
             return 0;
         }
         let resp_len = if capacity >= RESP_SIZE as u64 {
@@ -524,17 +522,17 @@ impl Mem {
             RESP_HEADER_SIZE
         };
         if let Err(why) = check_writable(mem, &writable, resp_len) {
-            warn!("{device}: chain {head}: {why}; returned unanswered");
+            guest_warn!("{device}: chain {head}: {why}; returned unanswered");
             return 0;
         }
 
         let response = match read_request(mem, &readable) {
             Err(why) => {
-                warn!("{device}: chain {head}: {why}; answered ERROR");
+                guest_warn!("{device}: chain {head}: {why}; answered ERROR");
                 Response::of(VIRTIO_MEM_RESP_ERROR)
             }
             Ok(Request::State { .. }) if resp_len < RESP_SIZE => {
-                warn!("{device}: chain {head}: STATE needs a {RESP_SIZE}-byte response buffer, got {capacity}; answered ERROR");
+                guest_warn!("{device}: chain {head}: STATE needs a {RESP_SIZE}-byte response buffer, got {capacity}; answered ERROR");
                 Response::of(VIRTIO_MEM_RESP_ERROR)
             }
             Ok(req) => self.execute(req),
@@ -545,7 +543,7 @@ impl Mem {
             Ok(()) => resp_len as u32,
             Err(why) => {
                 // Checked above; only a concurrent remap could get here.
-                error!("{device}: chain {head}: writing the response: {why}");
+                guest_warn!("{device}: chain {head}: writing the response: {why}");
                 0
             }
         }
@@ -558,14 +556,14 @@ impl Mem {
         let mut used = false;
         loop {
             let mut handled = 0usize;
-            while let Some(chain) = self.common.queues[0].pop_descriptor_chain(mem) {
+            while let Some(chain) = pop_chain(&mut self.common.queues[0], mem, &device) {
                 let head = chain.head_index();
                 let len = self.process_chain(mem, chain);
                 handled += 1;
-                match self.common.queues[0].add_used(mem, head, len) {
+                match add_used(&mut self.common.queues[0], mem, head, len) {
                     Ok(()) => used = true,
                     // A head index outside the table: there is no slot to return it in.
-                    Err(e) => warn!("{device}: chain {head}: cannot return it: {e}"),
+                    Err(e) => guest_warn!("{device}: chain {head}: cannot return it: {e}"),
                 }
             }
             match self.common.queues[0].enable_notification(mem) {
@@ -573,13 +571,17 @@ impl Mem {
                 Ok(true) => {
                     // More is announced but nothing can be popped: the avail
                     // index is corrupt. Stop rather than spin.
-                    error!("{device}: the available ring index is invalid; device needs reset");
+                    guest_warn!(
+                        "{device}: the available ring index is invalid; device needs reset"
+                    );
                     self.common.set_needs_reset();
                     break;
                 }
                 Ok(false) => break,
                 Err(e) => {
-                    error!("{device}: the available ring is unreadable: {e}; device needs reset");
+                    guest_warn!(
+                        "{device}: the available ring is unreadable: {e}; device needs reset"
+                    );
                     self.common.set_needs_reset();
                     break;
                 }
@@ -611,13 +613,11 @@ fn check_requested(config: &MemConfig, requested: u64) -> Result<(), MemError> {
 
 /// Splits a chain into its device-readable and device-writable buffers,
 /// refusing chains that are broken or out of order.
-fn split_chain(
-    chain: DescriptorChain<&GuestMemoryMmap>,
-) -> Result<(Vec<Segment>, Vec<Segment>), String> {
+fn split_chain(mut chain: Chain<&GuestMemoryMmap>) -> Result<(Vec<Segment>, Vec<Segment>), String> {
     let mut readable = Vec::new();
     let mut writable = Vec::new();
     let mut last_has_next = true;
-    for desc in chain {
+    for desc in chain.by_ref() {
         last_has_next = desc.has_next();
         let seg = Segment {
             addr: desc.addr(),
@@ -630,6 +630,9 @@ fn split_chain(
         } else {
             return Err("a device-readable buffer follows a device-writable one".into());
         }
+    }
+    if chain.met_indirect() {
+        return Err("the chain refers to an indirect descriptor table, but VIRTIO_F_INDIRECT_DESC is not offered".into());
     }
     // The chain iterator stops silently on a loop, a next index past the
     // table, an unreadable descriptor or a total length past 4 GiB; all of
@@ -730,7 +733,7 @@ impl VirtioDevice for Mem {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        warn!(
+        guest_warn!(
             "{}: driver wrote {} bytes at config offset {offset:#x}; the configuration is read-only, ignored",
             self.config.device_name(),
             data.len()
@@ -752,14 +755,14 @@ impl VirtioDevice for Mem {
 
     fn queue_notify(&mut self, index: u16) {
         if index != 0 {
-            warn!(
+            guest_warn!(
                 "{}: notification for queue {index}, which does not exist; ignored",
                 self.config.device_name()
             );
             return;
         }
         if !self.common.activated {
-            warn!(
+            guest_warn!(
                 "{}: queue notified before DRIVER_OK; ignored",
                 self.config.device_name()
             );
@@ -767,7 +770,7 @@ impl VirtioDevice for Mem {
         }
         if !self.common.queues[0].ready() {
             // Its ring addresses are unset: touching them would write guest memory at 0.
-            warn!(
+            guest_warn!(
                 "{}: queue notified but never made ready; ignored",
                 self.config.device_name()
             );

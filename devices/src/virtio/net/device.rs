@@ -3,7 +3,8 @@
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use log::{debug, error, warn};
+use crate::{guest_warn, host_error};
+use log::debug;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use virtio_bindings::virtio_net;
@@ -281,7 +282,7 @@ impl VirtioDevice for Net {
         match index {
             RX_QUEUE => self.process_rx(),
             TX_QUEUE => self.process_tx(),
-            _ => warn!(
+            _ => guest_warn!(
                 "net {}: notification for queue {index}, which does not exist",
                 self.config.id
             ),
@@ -294,7 +295,7 @@ impl VirtioDevice for Net {
         if self.tap_offloads != 0 {
             match self.tap.set_offload(0) {
                 Ok(()) => self.tap_offloads = 0,
-                Err(e) => error!("net {}: clearing offloads on reset: {e}", self.config.id),
+                Err(e) => host_error!("net {}: clearing offloads on reset: {e}", self.config.id),
             }
         }
     }

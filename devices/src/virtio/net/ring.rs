@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-use log::{error, warn};
+use crate::guest_warn;
+use crate::virtio::chain::add_used;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryBackend;
 
@@ -27,7 +28,7 @@ pub struct QueueRun {
 pub(super) fn avail_overrun(q: &Queue, avail_idx: u16, name: &str, id: &str) -> bool {
     let ahead = avail_idx.wrapping_sub(q.next_avail());
     if ahead > q.size() {
-        error!(
+        guest_warn!(
             "net {id}: {name} queue: driver published avail index {avail_idx}, {ahead} chains ahead of the device in a queue of {}; device needs reset",
             q.size()
         );
@@ -48,6 +49,8 @@ pub(super) enum BadChain {
     Truncated,
     NoRoomForHeader(usize),
     Empty,
+    /// A descriptor refers to an indirect table; the feature is never offered.
+    Indirect,
 }
 
 impl fmt::Display for BadChain {
@@ -67,6 +70,10 @@ impl fmt::Display for BadChain {
                 "{cap} bytes cannot hold the {VNET_HDR_LEN}-byte virtio-net header"
             ),
             BadChain::Empty => write!(f, "chain has no room"),
+            BadChain::Indirect => write!(
+                f,
+                "chain refers to an indirect descriptor table, but VIRTIO_F_INDIRECT_DESC is not offered"
+            ),
         }
     }
 }
@@ -78,9 +85,9 @@ pub(super) fn put_used<M: GuestMemoryBackend>(
     len: u32,
     id: &str,
 ) {
-    if let Err(e) = q.add_used(mem, head, len) {
+    if let Err(e) = add_used(q, mem, head, len) {
         // Only a head index beyond the queue gets here: the driver
         // published garbage, and there is no slot to return it in.
-        warn!("net {id}: cannot return chain {head}: {e}");
+        guest_warn!("net {id}: cannot return chain {head}: {e}");
     }
 }

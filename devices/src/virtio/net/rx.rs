@@ -7,13 +7,15 @@
 use std::io;
 use std::sync::atomic::{fence, Ordering};
 
-use log::{debug, error, warn};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use crate::{guest_warn, host_error, host_warn};
+use log::debug;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::device::{NetCounters, MAX_PACKET_LEN, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF};
 use super::ring::{avail_overrun, put_used, BadChain, QueueRun};
 use super::tap::{Tap, VNET_HDR_LEN};
+use crate::virtio::chain::{pop_chain, Chain};
 
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS_OFFSET: usize = 10;
@@ -85,7 +87,7 @@ impl RxQueue {
                 None => match tap.read(&mut self.buf) {
                     Ok(0) => break,
                     Ok(n) if n < VNET_HDR_LEN => {
-                        warn!(
+                        host_warn!(
                             "net {id}: {n}-byte read from TAP {:?} is shorter than a virtio-net header; dropped",
                             tap.name()
                         );
@@ -99,7 +101,7 @@ impl RxQueue {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        error!("net {id}: reading TAP {:?} failed: {e}", tap.name());
+                        host_error!("net {id}: reading TAP {:?} failed: {e}", tap.name());
                         run.tap_error = true;
                         break;
                     }
@@ -138,7 +140,7 @@ impl RxQueue {
         let seen_avail = match q.avail_idx(mem, Ordering::Acquire) {
             Ok(idx) => idx.0,
             Err(e) => {
-                error!("net {id}: RX queue unreadable: {e}");
+                guest_warn!("net {id}: RX queue unreadable: {e}");
                 return RxOutcome::Broken;
             }
         };
@@ -149,7 +151,7 @@ impl RxQueue {
         let mut chains: Vec<RxChain> = Vec::new();
         let mut cap = 0usize;
         while cap < len {
-            let Some(chain) = q.pop_descriptor_chain(mem) else {
+            let Some(chain) = pop_chain(q, mem, &format_args!("net {id}: RX queue")) else {
                 // Not enough room yet: give the chains back and hold the packet.
                 for _ in &chains {
                     q.go_to_previous_position();
@@ -184,7 +186,7 @@ impl RxQueue {
                     chains.push(c);
                 }
                 Err(why) => {
-                    warn!("net {id}: RX chain {head}: {why}; returned unused");
+                    guest_warn!("net {id}: RX chain {head}: {why}; returned unused");
                     counters.rx_bad_chains += 1;
                     if first {
                         put_used(q, mem, head, 0, id);
@@ -222,7 +224,7 @@ impl RxQueue {
                 if let Err(e) = mem.write_slice(&pkt[off..off + n], addr) {
                     // The range was checked a moment ago; only a RAM layout
                     // change could get here.
-                    error!("net {id}: writing RX buffer at {:#x}: {e}", addr.0);
+                    guest_warn!("net {id}: writing RX buffer at {:#x}: {e}", addr.0);
                     break;
                 }
                 off += n;
@@ -251,7 +253,7 @@ enum RxOutcome {
 /// try again instead of waiting for a notification that may never come.
 fn arm_rx_kick<M: GuestMemoryBackend>(q: &mut Queue, mem: &M, seen_avail: u16, id: &str) -> bool {
     if let Err(e) = q.enable_notification(mem) {
-        error!("net {id}: RX queue: {e}");
+        guest_warn!("net {id}: RX queue: {e}");
     }
     if q.event_idx_enabled() {
         // enable_notification set avail_event to our position, which can
@@ -264,7 +266,7 @@ fn arm_rx_kick<M: GuestMemoryBackend>(q: &mut Queue, mem: &M, seen_avail: u16, i
             GuestAddress(addr),
             Ordering::Release,
         ) {
-            error!("net {id}: RX queue avail_event: {e}");
+            guest_warn!("net {id}: RX queue avail_event: {e}");
         }
     }
     fence(Ordering::SeqCst);
@@ -283,13 +285,13 @@ struct RxChain {
 
 fn parse_rx_chain<M: GuestMemoryBackend>(
     mem: &M,
-    chain: DescriptorChain<&M>,
+    mut chain: Chain<&M>,
 ) -> Result<RxChain, BadChain> {
     let head = chain.head_index();
     let mut segs = Vec::new();
     let mut cap = 0usize;
     let mut ends = false;
-    for d in chain {
+    for d in chain.by_ref() {
         ends = !d.has_next();
         if !d.is_write_only() {
             return Err(BadChain::DeviceReadable);
@@ -305,6 +307,9 @@ fn parse_rx_chain<M: GuestMemoryBackend>(
             segs.push((d.addr(), len));
             cap += len;
         }
+    }
+    if chain.met_indirect() {
+        return Err(BadChain::Indirect);
     }
     if !ends {
         return Err(BadChain::Truncated);

@@ -7,13 +7,14 @@ use std::fmt;
 use std::io;
 use std::sync::atomic::Ordering;
 
-use log::{error, warn};
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use crate::{guest_warn, host_warn};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryBackend;
 
 use super::device::{NetCounters, MAX_PACKET_LEN};
 use super::ring::{avail_overrun, put_used, BadChain, QueueRun};
 use super::tap::{Tap, VNET_HDR_LEN};
+use crate::virtio::chain::{pop_chain, Chain};
 
 /// writev refuses more than IOV_MAX segments.
 const MAX_IOVECS: usize = 1024;
@@ -31,7 +32,7 @@ pub fn process_tx<M: GuestMemoryBackend>(
     let mut run = QueueRun::default();
     loop {
         if let Err(e) = q.disable_notification(mem) {
-            error!("net {id}: TX queue: {e}");
+            guest_warn!("net {id}: TX queue: {e}");
         }
         match q.avail_idx(mem, Ordering::Acquire) {
             Ok(idx) if !avail_overrun(q, idx.0, "TX", id) => {}
@@ -40,21 +41,25 @@ pub fn process_tx<M: GuestMemoryBackend>(
                 break;
             }
             Err(e) => {
-                error!("net {id}: TX queue unreadable: {e}");
+                guest_warn!("net {id}: TX queue unreadable: {e}");
                 run.broken = true;
                 break;
             }
         }
-        while let Some(chain) = q.pop_descriptor_chain(mem) {
+        while let Some(chain) = pop_chain(q, mem, &format_args!("net {id}: TX queue")) {
             let head = chain.head_index();
             match transmit(tap, mem, chain) {
                 Ok(frame_len) => {
                     counters.tx_packets += 1;
                     counters.tx_bytes += frame_len as u64;
                 }
+                Err(e @ TxDrop::Tap(_)) => {
+                    counters.tx_dropped += 1;
+                    host_warn!("net {id}: TX chain {head} dropped: {e}");
+                }
                 Err(e) => {
                     counters.tx_dropped += 1;
-                    warn!("net {id}: TX chain {head} dropped: {e}");
+                    guest_warn!("net {id}: TX chain {head} dropped: {e}");
                 }
             }
             // The device writes nothing into TX buffers.
@@ -64,7 +69,7 @@ pub fn process_tx<M: GuestMemoryBackend>(
             Ok(true) => continue,
             Ok(false) => break,
             Err(e) => {
-                error!("net {id}: TX queue: {e}");
+                guest_warn!("net {id}: TX queue: {e}");
                 break;
             }
         }
@@ -101,13 +106,13 @@ impl fmt::Display for TxDrop {
 fn transmit<M: GuestMemoryBackend>(
     tap: &Tap,
     mem: &M,
-    chain: DescriptorChain<&M>,
+    mut chain: Chain<&M>,
 ) -> Result<usize, TxDrop> {
     let mut iovs: Vec<libc::iovec> = Vec::new();
     let mut guards = Vec::new();
     let mut total = 0usize;
     let mut ends = false;
-    for d in chain {
+    for d in chain.by_ref() {
         ends = !d.has_next();
         if d.is_write_only() {
             return Err(TxDrop::Chain(BadChain::WriteOnly));
@@ -137,6 +142,9 @@ fn transmit<M: GuestMemoryBackend>(
             return Err(TxDrop::TooManySegments);
         }
     }
+    if chain.met_indirect() {
+        return Err(TxDrop::Chain(BadChain::Indirect));
+    }
     if !ends {
         return Err(TxDrop::Chain(BadChain::Truncated));
     }
@@ -148,7 +156,7 @@ fn transmit<M: GuestMemoryBackend>(
     let written = unsafe { tap.writev_raw(&iovs) }.map_err(TxDrop::Tap)?;
     drop(guards);
     if written != total {
-        warn!("TAP {:?} took {written} of {total} bytes", tap.name());
+        host_warn!("TAP {:?} took {written} of {total} bytes", tap.name());
     }
     Ok(total - VNET_HDR_LEN)
 }

@@ -9,17 +9,18 @@ use std::sync::{Arc, Mutex};
 
 use virtio_queue::desc::split::{Descriptor as SplitDescriptor, VirtqUsedElem};
 use virtio_queue::desc::RawDescriptor;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::{
-    ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, STATUS_ACKNOWLEDGE, STATUS_DRIVER,
-    STATUS_DRIVER_OK, STATUS_FEATURES_OK,
+    ActivateError, InterruptKind, Ring, VirtioCommon, VirtioDevice, VirtioInterrupt,
+    STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
 };
 use crate::ram::GuestMemoryMmap;
 
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;
 pub const VIRTQ_DESC_F_WRITE: u16 = 2;
+pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
 
 /// One buffer of a chain: guest address, length, device-writable or not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,13 +105,24 @@ impl DriverQueue {
         self.used
     }
 
-    /// What a driver writes into the transport's queue registers.
-    pub fn configure(&self, q: &mut Queue) {
-        q.set_size(self.size);
-        q.set_desc_table_address(Some(self.base.0 as u32), Some((self.base.0 >> 32) as u32));
-        q.set_avail_ring_address(Some(self.avail.0 as u32), Some((self.avail.0 >> 32) as u32));
-        q.set_used_ring_address(Some(self.used.0 as u32), Some((self.used.0 >> 32) as u32));
-        q.set_ready(true);
+    /// What a driver writes into the transport's registers for queue `index`.
+    pub fn configure(&self, c: &mut VirtioCommon, index: usize) {
+        c.queues[index]
+            .try_set_size(self.size)
+            .expect("a power-of-two queue size within the device's maximum");
+        for (ring, addr) in [
+            (Ring::Descriptors, self.base),
+            (Ring::Driver, self.avail),
+            (Ring::Device, self.used),
+        ] {
+            c.write_ring_address(
+                index,
+                ring,
+                Some(addr.0 as u32),
+                Some((addr.0 >> 32) as u32),
+            );
+        }
+        c.queues[index].set_ready(true);
     }
 
     /// Writes a well-formed chain into free descriptors and makes it available. Returns its head.
@@ -197,6 +209,16 @@ pub fn raw(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
     RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
 }
 
+/// Writes `descs` as a descriptor table at `at` (an indirect table, say);
+/// returns its length in bytes.
+pub fn write_table(mem: &GuestMemoryMmap, at: u64, descs: &[RawDescriptor]) -> u32 {
+    for (i, d) in descs.iter().enumerate() {
+        mem.write_obj(*d, GuestAddress(at + 16 * i as u64))
+            .expect("descriptor table in guest memory");
+    }
+    16 * descs.len() as u32
+}
+
 /// Records every interrupt a device raises.
 #[derive(Default)]
 pub struct InterruptLog {
@@ -235,7 +257,7 @@ pub fn init_device(
     c.ack_features_page(1, (accept >> 32) as u32);
     c.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
     for (i, dq) in queues.iter().enumerate() {
-        dq.configure(&mut c.queues[i]);
+        dq.configure(c, i);
     }
     if c.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK) {
         dev.activate()?;

@@ -8,13 +8,18 @@
 //! device and calls `queue_notify`. A write that reaches QueueNotify anyway
 //! (no ioeventfd registered) is handled here.
 //!
-//! Nothing a guest writes may panic: every bad access is logged and ignored.
+//! Nothing a guest writes may panic: every bad access is ignored and
+//! logged through `guest_warn!`, which bounds how much a guest can make
+//! the VMM log (see `devices::log_limit`).
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use devices::virtio::{VirtioDevice, VirtioInterrupt, STATUS_DRIVER, STATUS_DRIVER_OK};
-use log::{error, warn};
+use devices::virtio::{
+    ActivateError, Ring, VirtioCommon, VirtioDevice, VirtioInterrupt, STATUS_DRIVER,
+    STATUS_DRIVER_OK,
+};
+use devices::{guest_warn, host_error};
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -165,7 +170,7 @@ impl MmioTransport {
             return;
         }
         if !in_window(offset, data.len()) {
-            warn!(
+            guest_warn!(
                 "virtio-mmio: {}-byte read at {offset:#x} is outside the window; reads as zero",
                 data.len()
             );
@@ -173,7 +178,7 @@ impl MmioTransport {
         }
         if offset >= CONFIG_SPACE_OFFSET {
             if !matches!(data.len(), 1 | 2 | 4 | 8) {
-                warn!(
+                guest_warn!(
                     "virtio-mmio: {}-byte config-space read at {offset:#x}; reads as zero",
                     data.len()
                 );
@@ -183,7 +188,7 @@ impl MmioTransport {
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
-            warn!(
+            guest_warn!(
                 "virtio-mmio: {}-byte register read at {offset:#x}; registers are aligned 32-bit, reads as zero",
                 data.len()
             );
@@ -199,7 +204,7 @@ impl MmioTransport {
             return;
         }
         if !in_window(offset, data.len()) {
-            warn!(
+            guest_warn!(
                 "virtio-mmio: {}-byte write at {offset:#x} is outside the window; ignored",
                 data.len()
             );
@@ -207,7 +212,7 @@ impl MmioTransport {
         }
         if offset >= CONFIG_SPACE_OFFSET {
             if !matches!(data.len(), 1 | 2 | 4 | 8) {
-                warn!(
+                guest_warn!(
                     "virtio-mmio: {}-byte config-space write at {offset:#x}; ignored",
                     data.len()
                 );
@@ -217,14 +222,14 @@ impl MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            warn!(
+            guest_warn!(
                 "virtio-mmio: {}-byte register write at {offset:#x}; registers are 32-bit, ignored",
                 data.len()
             );
             return;
         };
         if !offset.is_multiple_of(4) {
-            warn!("virtio-mmio: unaligned register write at {offset:#x}; ignored");
+            guest_warn!("virtio-mmio: unaligned register write at {offset:#x}; ignored");
             return;
         }
         self.write_register(offset, u32::from_le_bytes(bytes));
@@ -262,11 +267,11 @@ impl MmioTransport {
             | QUEUE_DEVICE_LOW_OFFSET
             | QUEUE_DEVICE_HIGH_OFFSET
             | SHM_SEL_OFFSET => {
-                warn!("virtio-mmio: read of write-only register {offset:#x}; reads as zero");
+                guest_warn!("virtio-mmio: read of write-only register {offset:#x}; reads as zero");
                 0
             }
             _ => {
-                warn!("virtio-mmio: read of unknown register {offset:#x}; reads as zero");
+                guest_warn!("virtio-mmio: read of unknown register {offset:#x}; reads as zero");
                 0
             }
         }
@@ -281,7 +286,7 @@ impl MmioTransport {
                 // Features are negotiated after DRIVER (virtio 1.2, 3.1.1)
                 // and before FEATURES_OK, which ack_features_page enforces.
                 if c.status & STATUS_DRIVER == 0 {
-                    warn!(
+                    guest_warn!(
                         "virtio-mmio: driver features written before the DRIVER status bit; ignored"
                     );
                     return;
@@ -291,43 +296,32 @@ impl MmioTransport {
             DRIVER_FEATURES_SEL_OFFSET => self.driver_features_sel = value,
             QUEUE_SEL_OFFSET => self.queue_sel = value,
             QUEUE_NUM_OFFSET => match u16::try_from(value) {
-                Ok(size) => self.configure_queue("QueueNum", |q| {
+                Ok(size) => self.configure_queue("QueueNum", |c, index| {
+                    let q = &mut c.queues[index];
                     if q.try_set_size(size).is_err() {
-                        warn!(
+                        guest_warn!(
                             "virtio-mmio: queue size {size} is not a power of two up to {}; ignored",
                             q.max_size()
                         );
                     }
                 }),
-                Err(_) => warn!("virtio-mmio: queue size {value} is too large; ignored"),
+                Err(_) => guest_warn!("virtio-mmio: queue size {value} is too large; ignored"),
             },
             QUEUE_READY_OFFSET => self.write_queue_ready(value),
             NOTIFY_OFFSET => self.notify(value),
             INTERRUPT_ACK_OFFSET => {
                 if value & !VIRTIO_MMIO_INT_ALL != 0 {
-                    warn!("virtio-mmio: InterruptACK {value:#x} has undefined bits; they are ignored");
+                    guest_warn!("virtio-mmio: InterruptACK {value:#x} has undefined bits; they are ignored");
                 }
                 self.interrupt.ack(value & VIRTIO_MMIO_INT_ALL);
             }
             STATUS_OFFSET => self.write_status(value),
-            QUEUE_DESC_LOW_OFFSET => {
-                self.configure_queue("QueueDescLow", |q| q.set_desc_table_address(Some(value), None))
-            }
-            QUEUE_DESC_HIGH_OFFSET => self.configure_queue("QueueDescHigh", |q| {
-                q.set_desc_table_address(None, Some(value))
-            }),
-            QUEUE_DRIVER_LOW_OFFSET => self.configure_queue("QueueDriverLow", |q| {
-                q.set_avail_ring_address(Some(value), None)
-            }),
-            QUEUE_DRIVER_HIGH_OFFSET => self.configure_queue("QueueDriverHigh", |q| {
-                q.set_avail_ring_address(None, Some(value))
-            }),
-            QUEUE_DEVICE_LOW_OFFSET => self.configure_queue("QueueDeviceLow", |q| {
-                q.set_used_ring_address(Some(value), None)
-            }),
-            QUEUE_DEVICE_HIGH_OFFSET => self.configure_queue("QueueDeviceHigh", |q| {
-                q.set_used_ring_address(None, Some(value))
-            }),
+            QUEUE_DESC_LOW_OFFSET => self.write_ring("QueueDescLow", Ring::Descriptors, Some(value), None),
+            QUEUE_DESC_HIGH_OFFSET => self.write_ring("QueueDescHigh", Ring::Descriptors, None, Some(value)),
+            QUEUE_DRIVER_LOW_OFFSET => self.write_ring("QueueDriverLow", Ring::Driver, Some(value), None),
+            QUEUE_DRIVER_HIGH_OFFSET => self.write_ring("QueueDriverHigh", Ring::Driver, None, Some(value)),
+            QUEUE_DEVICE_LOW_OFFSET => self.write_ring("QueueDeviceLow", Ring::Device, Some(value), None),
+            QUEUE_DEVICE_HIGH_OFFSET => self.write_ring("QueueDeviceHigh", Ring::Device, None, Some(value)),
             SHM_SEL_OFFSET => self.shm_sel = value,
             MAGIC_VALUE_OFFSET
             | VERSION_OFFSET
@@ -341,9 +335,9 @@ impl MmioTransport {
             | SHM_BASE_LOW_OFFSET
             | SHM_BASE_HIGH_OFFSET
             | CONFIG_GENERATION_OFFSET => {
-                warn!("virtio-mmio: write of {value:#x} to read-only register {offset:#x}; ignored")
+                guest_warn!("virtio-mmio: write of {value:#x} to read-only register {offset:#x}; ignored")
             }
-            _ => warn!("virtio-mmio: write of {value:#x} to unknown register {offset:#x}; ignored"),
+            _ => guest_warn!("virtio-mmio: write of {value:#x} to unknown register {offset:#x}; ignored"),
         }
     }
 
@@ -359,23 +353,34 @@ impl MmioTransport {
     /// Applies a queue-configuration write to the selected queue, unless the
     /// driver may no longer change it: the queue is enabled or the device is
     /// live (virtio 1.2, 4.2.3.2).
-    fn configure_queue(&mut self, register: &str, f: impl FnOnce(&mut Queue)) {
+    fn configure_queue(&mut self, register: &str, f: impl FnOnce(&mut VirtioCommon, usize)) {
         let sel = self.queue_sel;
         let mut dev = lock(&self.device);
         let c = dev.common_mut();
         if c.status & STATUS_DRIVER_OK != 0 {
-            warn!("virtio-mmio: {register} written for queue {sel} after DRIVER_OK; ignored");
+            guest_warn!("virtio-mmio: {register} written for queue {sel} after DRIVER_OK; ignored");
             return;
         }
-        let Some(q) = usize::try_from(sel).ok().and_then(|i| c.queues.get_mut(i)) else {
-            warn!("virtio-mmio: {register} written for nonexistent queue {sel}; ignored");
+        let Some(index) = usize::try_from(sel).ok().filter(|&i| i < c.queues.len()) else {
+            guest_warn!("virtio-mmio: {register} written for nonexistent queue {sel}; ignored");
             return;
         };
-        if q.ready() {
-            warn!("virtio-mmio: {register} written for queue {sel} while it is ready; ignored");
+        if c.queues[index].ready() {
+            guest_warn!(
+                "virtio-mmio: {register} written for queue {sel} while it is ready; ignored"
+            );
             return;
         }
-        f(q);
+        f(c, index);
+    }
+
+    /// One half of a ring address. A register write cannot fail, so a
+    /// misaligned address, like one never written, is refused when the
+    /// driver sets DRIVER_OK: the device then asks for a reset (NEEDS_RESET).
+    fn write_ring(&mut self, register: &str, ring: Ring, low: Option<u32>, high: Option<u32>) {
+        self.configure_queue(register, |c, index| {
+            c.write_ring_address(index, ring, low, high)
+        });
     }
 
     fn write_queue_ready(&mut self, value: u32) {
@@ -385,18 +390,18 @@ impl MmioTransport {
         if c.status & STATUS_DRIVER_OK != 0 {
             // Stopping or starting one queue of a live device is queue reset
             // (VIRTIO_F_RING_RESET), which no device here offers.
-            warn!("virtio-mmio: QueueReady written for queue {sel} after DRIVER_OK; ignored");
+            guest_warn!("virtio-mmio: QueueReady written for queue {sel} after DRIVER_OK; ignored");
             return;
         }
         let Some(q) = usize::try_from(sel).ok().and_then(|i| c.queues.get_mut(i)) else {
-            warn!("virtio-mmio: QueueReady written for nonexistent queue {sel}; ignored");
+            guest_warn!("virtio-mmio: QueueReady written for nonexistent queue {sel}; ignored");
             return;
         };
         match value {
             // Linux writes 0 when it gives a queue up, and reads it back.
             0 => q.set_ready(false),
             1 => q.set_ready(true),
-            _ => warn!(
+            _ => guest_warn!(
                 "virtio-mmio: QueueReady {value:#x} for queue {sel} is neither 0 nor 1; ignored"
             ),
         }
@@ -408,7 +413,7 @@ impl MmioTransport {
         let queues = dev.common().queues.len();
         match u16::try_from(value) {
             Ok(index) if usize::from(index) < queues => dev.queue_notify(index),
-            _ => warn!(
+            _ => guest_warn!(
                 "virtio-mmio: QueueNotify {value:#x} names no queue (the device has {queues}); ignored"
             ),
         }
@@ -416,7 +421,7 @@ impl MmioTransport {
 
     fn write_status(&mut self, value: u32) {
         let Ok(status) = u8::try_from(value) else {
-            warn!("virtio-mmio: status {value:#x} has bits above the defined eight; ignored");
+            guest_warn!("virtio-mmio: status {value:#x} has bits above the defined eight; ignored");
             return;
         };
         let mut dev = lock(&self.device);
@@ -433,10 +438,16 @@ impl MmioTransport {
         }
         if dev.common_mut().set_status(status) {
             if let Err(e) = dev.activate() {
-                error!(
-                    "virtio-mmio: activating virtio device type {} failed: {e}; the driver must reset it",
-                    dev.device_type()
-                );
+                let ty = dev.device_type();
+                match e {
+                    // The driver set the device up wrongly.
+                    ActivateError::InvalidQueue { .. } | ActivateError::Legacy => guest_warn!(
+                        "virtio-mmio: virtio device type {ty} refuses to start: {e}; the driver must reset it"
+                    ),
+                    _ => host_error!(
+                        "virtio-mmio: activating virtio device type {ty} failed: {e}; the driver must reset it"
+                    ),
+                }
                 dev.common_mut().set_needs_reset();
             }
         }

@@ -305,6 +305,50 @@ fn features_ok_is_refused_without_version_1() {
     assert_ne!(acked, 0);
 }
 
+/// virtio 1.2, 2.2.2: the device refuses FEATURES_OK when it does not
+/// accept the driver's choice, which includes bits it never offered; the
+/// driver sees that by reading the status back.
+#[test]
+fn features_ok_is_refused_for_features_never_offered() {
+    let mut rig = Rig::new();
+    rig.w32(STATUS_OFFSET, u32::from(STATUS_ACKNOWLEDGE));
+    rig.w32(STATUS_OFFSET, DRIVER_STATUS);
+    let offered = rig.device_features();
+    let not_offered = 1u64 << (!offered).trailing_zeros();
+    assert_eq!(offered & not_offered, 0);
+    rig.write_driver_features(offered | not_offered);
+    rig.w32(STATUS_OFFSET, FEATURES_STATUS);
+    assert_eq!(
+        rig.r32(STATUS_OFFSET),
+        DRIVER_STATUS,
+        "FEATURES_OK must not stick"
+    );
+    // Nor can the device go live on that choice.
+    rig.w32(STATUS_OFFSET, LIVE_STATUS);
+    assert_eq!(rig.r32(STATUS_OFFSET), DRIVER_STATUS);
+    assert!(!rig.block.lock().unwrap().common().activated);
+
+    // A bit the device never offered on the high page counts the same.
+    let high = 1u64 << (32 + (!(offered >> 32)).trailing_zeros());
+    assert_eq!(offered & high, 0);
+    rig.write_driver_features(offered | high);
+    rig.w32(STATUS_OFFSET, FEATURES_STATUS);
+    assert_eq!(rig.r32(STATUS_OFFSET), DRIVER_STATUS);
+
+    // A driver that corrects its choice before FEATURES_OK is accepted.
+    rig.write_driver_features(offered);
+    rig.w32(STATUS_OFFSET, FEATURES_STATUS);
+    assert_eq!(rig.r32(STATUS_OFFSET), FEATURES_STATUS);
+
+    // A reset forgets the refused choice too.
+    rig.w32(STATUS_OFFSET, 0);
+    rig.w32(STATUS_OFFSET, u32::from(STATUS_ACKNOWLEDGE));
+    rig.w32(STATUS_OFFSET, DRIVER_STATUS);
+    rig.write_driver_features(offered | not_offered);
+    rig.w32(STATUS_OFFSET, 0);
+    let _dq = rig.init();
+}
+
 #[test]
 fn block_write_and_read_through_the_registers() {
     let mut rig = Rig::new();
@@ -619,6 +663,104 @@ fn activation_failure_sets_needs_reset() {
     assert_eq!(rig.get(s, 1), [VIRTIO_BLK_S_OK]);
 }
 
+/// Sets queue 0 up with rings at `base` (laid out as `DriverQueue` does),
+/// writing only the rings in `write` and adding `skew[ring]` to each
+/// address; then DRIVER_OK. Returns the status read back.
+fn setup_skewed(rig: &mut Rig, base: u64, write: [bool; 3], skew: [u64; 3]) -> u32 {
+    assert_eq!(rig.negotiate(!VIRTIO_RING_F_EVENT_IDX), FEATURES_STATUS);
+    let dq = DriverQueue::new(rig.mem(), GuestAddress(base), QSIZE);
+    rig.w32(QUEUE_SEL_OFFSET, 0);
+    rig.w32(QUEUE_NUM_OFFSET, u32::from(QSIZE));
+    let rings = [
+        (QUEUE_DESC_LOW_OFFSET, dq.desc_table()),
+        (QUEUE_DRIVER_LOW_OFFSET, dq.avail_ring()),
+        (QUEUE_DEVICE_LOW_OFFSET, dq.used_ring()),
+    ];
+    for (i, (low, addr)) in rings.into_iter().enumerate() {
+        if write[i] {
+            let addr = addr.0 + skew[i];
+            rig.w32(low, addr as u32);
+            rig.w32(low + 4, (addr >> 32) as u32);
+        }
+    }
+    rig.w32(QUEUE_READY_OFFSET, 1);
+    rig.w32(STATUS_OFFSET, LIVE_STATUS);
+    rig.r32(STATUS_OFFSET)
+}
+
+/// virtio 1.2, 2.7: the descriptor table is 16-byte aligned, the driver
+/// area 2, the device area 4. A misaligned address used to leave the
+/// queue at guest-physical 0, which the device then read descriptors from
+/// and wrote used entries to; now the device refuses to go live.
+#[test]
+fn misaligned_rings_are_refused_with_needs_reset() {
+    const LOW: usize = 0x1000;
+    for (ring, skew) in [(0, 8), (0, 1), (1, 1), (2, 2), (2, 1)] {
+        let mut rig = Rig::new();
+        rig.mem()
+            .write_slice(&[0x5a; LOW], GuestAddress(0))
+            .unwrap();
+        let mut skews = [0; 3];
+        skews[ring] = skew;
+        let status = setup_skewed(&mut rig, 0x1_0000, [true; 3], skews);
+        assert_ne!(
+            status & u32::from(STATUS_NEEDS_RESET),
+            0,
+            "ring {ring} off by {skew}: status {status:#x}"
+        );
+        assert!(!rig.block.lock().unwrap().common().activated);
+        assert_eq!(rig.r32(INTERRUPT_STATUS_OFFSET), VIRTIO_MMIO_INT_CONFIG);
+        // A notification touches nothing, least of all guest-physical 0.
+        rig.w32(NOTIFY_OFFSET, 0);
+        assert_eq!(
+            rig.get(0, LOW),
+            vec![0x5a; LOW],
+            "ring {ring} off by {skew}"
+        );
+        // The driver can start again properly.
+        rig.w32(STATUS_OFFSET, 0);
+        let mut dq = rig.init();
+        let (_, s) = rig.submit(&mut dq, VIRTIO_BLK_T_IN, 0, &[], SECTOR as u32);
+        rig.w32(NOTIFY_OFFSET, 0);
+        assert_eq!(rig.get(s, 1), [VIRTIO_BLK_S_OK]);
+    }
+}
+
+/// QueueReady before (some of) the ring addresses: the missing rings
+/// would be at guest-physical 0. A ring the driver really places at 0 is
+/// fine (`Rig::init` puts the descriptor table there).
+#[test]
+fn rings_never_written_are_refused_with_needs_reset() {
+    const LOW: usize = 0x1000;
+    for write in [
+        [false; 3],
+        [false, true, true],
+        [true, false, true],
+        [true, true, false],
+    ] {
+        let mut rig = Rig::new();
+        rig.mem()
+            .write_slice(&[0x5a; LOW], GuestAddress(0))
+            .unwrap();
+        let status = setup_skewed(&mut rig, 0x1_0000, write, [0; 3]);
+        assert_ne!(
+            status & u32::from(STATUS_NEEDS_RESET),
+            0,
+            "written {write:?}: status {status:#x}"
+        );
+        assert!(!rig.block.lock().unwrap().common().activated);
+        rig.w32(NOTIFY_OFFSET, 0);
+        assert_eq!(rig.get(0, LOW), vec![0x5a; LOW], "written {write:?}");
+    }
+    // A reset forgets what was written: writing the addresses before the
+    // reset does not count after it.
+    let mut rig = Rig::new();
+    let status = setup_skewed(&mut rig, 0x1_0000, [true; 3], [0; 3]);
+    assert_eq!(status, LIVE_STATUS);
+    let status = setup_skewed(&mut rig, 0x1_0000, [false; 3], [0; 3]);
+    assert_ne!(status & u32::from(STATUS_NEEDS_RESET), 0);
+}
+
 #[test]
 fn queue_evts_match_the_device_queues() {
     let rig = Rig::new();
@@ -694,6 +836,114 @@ fn vcpu_and_event_loop_do_not_deadlock() {
     vcpu.join().unwrap();
     event_loop.join().unwrap();
     assert_eq!(dq.used().len(), 4);
+}
+
+/// A guest decides how often it accesses registers wrongly. A line for
+/// each bad access let it fill the host's disk through the VMM's log
+/// (10,000 notifications to a queue that does not exist gave 10,030
+/// lines); now each kind of message gives a few lines, then a count.
+#[test]
+fn a_storm_of_bad_accesses_logs_a_bounded_number_of_lines() {
+    use devices::log_limit::{self, capture::Capture, Level, BURST};
+    const N: usize = 10_000;
+
+    let cap = Capture::start();
+    let mut rig = Rig::new();
+    let mut dq = rig.init();
+    let before = log_limit::suppressed_total();
+    type BadAccess = Box<dyn Fn(&mut Rig, &mut DriverQueue)>;
+    let kinds: Vec<(&str, BadAccess)> = vec![
+        (
+            "notify a missing queue",
+            Box::new(|r, _| r.w32(NOTIFY_OFFSET, 7)),
+        ),
+        (
+            "read an unknown register",
+            Box::new(|r, _| {
+                r.r32(0x0c0);
+            }),
+        ),
+        (
+            "write a read-only register",
+            Box::new(|r, _| r.w32(MAGIC_VALUE_OFFSET, 0)),
+        ),
+        (
+            "2-byte register read",
+            Box::new(|r, _| {
+                r.read_n(STATUS_OFFSET, 2);
+            }),
+        ),
+        (
+            "status above 8 bits",
+            Box::new(|r, _| r.w32(STATUS_OFFSET, 0x1ff)),
+        ),
+        (
+            "QueueReady once live",
+            Box::new(|r, _| r.w32(QUEUE_READY_OFFSET, 0)),
+        ),
+        (
+            "write the read-only block config",
+            Box::new(|r, _| r.t.write(CONFIG_SPACE_OFFSET, &[1; 4])),
+        ),
+        (
+            "a request without a status byte",
+            Box::new(|r, dq| {
+                let h = r.put(&[0; 16]);
+                r.next_buf = DATA_BASE;
+                dq.add_chain(&[Buf::r(h, 16)]);
+                r.w32(NOTIFY_OFFSET, 0);
+            }),
+        ),
+        // Last: it also meets the status-byte message of the kind before.
+        (
+            "a chain whose head is beyond the queue",
+            Box::new(|r, dq| {
+                dq.add_raw_chain(QSIZE + 1, &[]);
+                r.w32(NOTIFY_OFFSET, 0);
+            }),
+        ),
+    ];
+    for (what, access) in &kinds {
+        let seen = cap.lines().len();
+        for _ in 0..N {
+            access(&mut rig, &mut dq);
+        }
+        assert!(cap.lines().len() > seen, "{what}: logged nothing at all");
+    }
+    let lines = cap.lines();
+    // A slow run may pass one interval: one more line per kind.
+    let bound = kinds.len() * (BURST as usize + 2);
+    assert!(
+        lines.len() <= bound,
+        "{} lines for {} bad accesses (at most {bound} expected); the first: {:?}",
+        lines.len(),
+        kinds.len() * N,
+        &lines[..lines.len().min(5)]
+    );
+    assert!(
+        lines.iter().all(|(level, _)| *level == Level::Warn),
+        "guest misbehaviour is logged at WARN at most: {lines:?}"
+    );
+    assert!(log_limit::suppressed_total() - before >= (kinds.len() * N - bound) as u64);
+
+    // What was left out is counted in the log, too.
+    log_limit::report_all();
+    let counts: Vec<u64> = cap.lines()[lines.len()..]
+        .iter()
+        .filter(|(_, l)| l.contains("vmm/src/transport/mmio/mod.rs"))
+        .filter_map(|(_, l)| l.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        counts.iter().any(|&n| n >= N as u64 / 2),
+        "no count of the left-out notifications: {counts:?}"
+    );
+    // The device still works.
+    rig.w32(STATUS_OFFSET, 0);
+    rig.next_buf = DATA_BASE;
+    let mut dq = rig.init();
+    let (_, s) = rig.submit(&mut dq, VIRTIO_BLK_T_IN, 0, &[], SECTOR as u32);
+    rig.w32(NOTIFY_OFFSET, 0);
+    assert_eq!(rig.get(s, 1), [VIRTIO_BLK_S_OK]);
 }
 
 /// Offsets worth hitting: every register, around them, the config space, past the window.

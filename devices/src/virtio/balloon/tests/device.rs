@@ -678,7 +678,7 @@ fn stats_buffer_primed_before_driver_ok_is_taken_at_activation() {
     let ok = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
     c.set_status(ok);
     for (i, q) in queues.iter().enumerate() {
-        q.configure(&mut c.queues[i]);
+        q.configure(c, i);
     }
     let mut statsq = queues.into_iter().nth(2).unwrap();
     let bytes = stats_bytes(&[(VIRTIO_BALLOON_S_MEMFREE, 77)]);

@@ -4,8 +4,11 @@
 use super::*;
 use crate::ram::PAGE_SIZE;
 use crate::virtio::balloon::BalloonQueue;
-use crate::virtio::testing::{raw, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+use crate::virtio::testing::{
+    raw, write_table, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
 use crate::virtio::InterruptKind;
+use virtio_queue::QueueT;
 
 const PATTERN: u8 = 0x5a;
 /// Descriptors for hand-made chains, away from those `add_chain` uses first.
@@ -255,4 +258,71 @@ fn refusals_do_not_stop_a_burst() {
     assert_eq!(c.discard_refusals, 5);
     assert_eq!(c.inflated_pages, 20);
     assert!(victims_intact(&rig));
+}
+
+/// A queue the driver never made ready has its rings at guest-physical 0,
+/// unset: a notification for it must not touch them (as every other
+/// device already checked). The queues the driver did set up keep working.
+#[test]
+fn notify_for_a_queue_never_made_ready_touches_nothing() {
+    let ram = make_ram(Backing::Anonymous).0;
+    let mut dev = Balloon::new(&full_config(), ram.clone()).expect("balloon");
+    // Only inflateq and deflateq, away from guest-physical 0.
+    let queues: Vec<DriverQueue> = (1..3u64)
+        .map(|i| DriverQueue::new(ram.memory(), GuestAddress(i * RING_STRIDE), QSIZE))
+        .collect();
+    let irq = init_device(&mut dev, ALL_FEATURES, &[&queues[0], &queues[1]]).expect("activate");
+    let low = vec![PATTERN; PAGE_SIZE as usize];
+    ram.memory().write_slice(&low, GuestAddress(0)).unwrap();
+    let stats = dev.queue_index(BalloonQueue::Stats).unwrap();
+    let reporting = dev.queue_index(BalloonQueue::Reporting).unwrap();
+    for q in [stats, reporting] {
+        assert!(!dev.common().queues[usize::from(q)].ready());
+        dev.queue_notify(q);
+    }
+    let mut now = vec![0u8; low.len()];
+    ram.memory().read_slice(&mut now, GuestAddress(0)).unwrap();
+    assert!(now == low, "guest-physical 0 was written");
+    assert!(irq.take().is_empty());
+    assert_eq!(dev.counters(), &Default::default());
+    assert!(dev.stats().is_empty());
+
+    let mut inflate = queues.into_iter().next().unwrap();
+    let at = 0x20000;
+    ram.memory()
+        .write_slice(&pfn_bytes(&[DATA_PFN]), GuestAddress(at))
+        .unwrap();
+    inflate.add_chain(&[Buf::r(at, 4)]);
+    dev.queue_notify(0);
+    assert_eq!(inflate.used().len(), 1);
+    assert_eq!(dev.counters().inflated_pages, 1);
+}
+
+/// VIRTIO_F_INDIRECT_DESC is never offered: a chain whose PFNs sit behind
+/// an indirect descriptor is malformed (virtio 1.2, 2.7.5.3.1), and none
+/// of its pages are inflated.
+#[test]
+fn indirect_chains_are_malformed() {
+    let (rig, buf) = rig_with_victims(Backing::Anonymous);
+    let table = rig.dev.common().ram.memory().clone();
+    let at = 0x70000;
+    let len = write_table(&table, at, &[raw(buf.addr, buf.len, 0, 0)]);
+    expect_malformed(
+        rig,
+        BalloonQueue::Inflate,
+        D0,
+        &[(D0, (at, len, VIRTQ_DESC_F_INDIRECT, 0))],
+    );
+    // Behind a direct descriptor, too.
+    let (rig, buf) = rig_with_victims(Backing::Anonymous);
+    let len = write_table(&table, at, &[raw(buf.addr + 4, buf.len - 4, 0, 0)]);
+    expect_malformed(
+        rig,
+        BalloonQueue::Inflate,
+        D0,
+        &[
+            (D0, (buf.addr, 4, VIRTQ_DESC_F_NEXT, D1)),
+            (D1, (at, len, VIRTQ_DESC_F_INDIRECT, 0)),
+        ],
+    );
 }

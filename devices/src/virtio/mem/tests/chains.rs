@@ -2,7 +2,10 @@
 //! never runs a request it cannot answer, and keeps serving the queue.
 
 use super::*;
-use crate::virtio::testing::{raw, VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE};
+use crate::virtio::testing::{
+    raw, write_table, VIRTQ_DESC_F_INDIRECT as INDIRECT, VIRTQ_DESC_F_NEXT as NEXT,
+    VIRTQ_DESC_F_WRITE as WRITE,
+};
 
 const ACK: u16 = VIRTIO_MEM_RESP_ACK;
 const ERROR: u16 = VIRTIO_MEM_RESP_ERROR;
@@ -318,4 +321,37 @@ fn the_queue_keeps_going_after_a_burst_of_garbage() {
         vm.dev.plugged_ranges(),
         vec![(GuestAddress(block(1)), BLOCK)]
     );
+}
+
+/// VIRTIO_F_INDIRECT_DESC is never offered: a request behind an indirect
+/// descriptor is returned unanswered and does not run (virtio 1.2,
+/// 2.7.5.3.1).
+#[test]
+fn indirect_chains_are_returned_unanswered() {
+    let mut vm = vm();
+    put_plug(&vm, 0);
+    let at = 0x30000;
+    let len = write_table(
+        vm.mem(),
+        at,
+        &[raw(REQ_ADDR, 24, NEXT, 1), raw(RESP_ADDR, 10, WRITE, 0)],
+    );
+    assert_eq!(
+        submit_raw(&mut vm, 5, &[(5, raw(at, len, INDIRECT, 0))]),
+        Some(0)
+    );
+    let len = write_table(vm.mem(), at, &[raw(RESP_ADDR, 10, WRITE, 0)]);
+    assert_eq!(
+        submit_raw(
+            &mut vm,
+            6,
+            &[
+                (6, raw(REQ_ADDR, 24, NEXT, 7)),
+                (7, raw(at, len, INDIRECT, 0))
+            ]
+        ),
+        Some(0)
+    );
+    assert_eq!(vm.response(), [POISON; RESP_SIZE], "answered");
+    still_serves(&mut vm);
 }

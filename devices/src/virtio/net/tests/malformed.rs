@@ -4,12 +4,17 @@
 use std::net::UdpSocket;
 use std::time::Duration;
 
+use vm_memory::{Bytes, GuestAddress};
+
 use super::frames::*;
 use super::guest::{Guest, RAM_SIZE};
 use super::netns::{add_tap, in_netns, PacketSocket};
 use super::rx::inject;
 use crate::virtio::net::{RX_QUEUE, TX_QUEUE, VIRTIO_NET_F_MRG_RXBUF};
-use crate::virtio::testing::{raw, VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE};
+use crate::virtio::testing::{
+    raw, write_table, VIRTQ_DESC_F_INDIRECT as INDIRECT, VIRTQ_DESC_F_NEXT as NEXT,
+    VIRTQ_DESC_F_WRITE as WRITE,
+};
 use crate::virtio::{InterruptKind, VirtioDevice, STATUS_NEEDS_RESET};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -210,5 +215,69 @@ fn corrupt_avail_index_is_survived() {
         assert_ne!(dev.common().status & STATUS_NEEDS_RESET, 0);
         assert_eq!(log.take(), vec![InterruptKind::Config]);
         assert!(g.rx_used().is_empty());
+    });
+}
+
+/// VIRTIO_F_INDIRECT_DESC is never offered, so chains that refer to an
+/// indirect table are malformed (virtio 1.2, 2.7.5.3.1): a TX packet
+/// behind one is not sent, an RX buffer behind one is not filled.
+#[test]
+fn indirect_chains_are_refused_both_ways() {
+    in_netns(|| {
+        add_tap("tnet0", HOST_MAC, None);
+        let host = PacketSocket::bind("tnet0");
+        let mut g = Guest::new(256);
+        let (mut dev, _log) = g.start("tnet0", 0);
+
+        let pkt = with_hdr(VnetHdr::default(), &test_frame(HOST_MAC, GUEST_MAC, 3, 200));
+        let data = g.tx_bufs(&pkt, &[])[0];
+        let table = g.alloc(32);
+        let len = write_table(g.mem(), table, &[raw(data.addr, data.len, 0, 0)]);
+        g.txq
+            .add_raw_chain(200, &[(200, raw(table, len, INDIRECT, 0))]);
+        let len = write_table(
+            g.mem(),
+            table + 16,
+            &[raw(data.addr + 12, data.len - 12, 0, 0)],
+        );
+        g.txq.add_raw_chain(
+            201,
+            &[
+                (201, raw(data.addr, 12, NEXT, 202)),
+                (202, raw(table + 16, len, INDIRECT, 0)),
+            ],
+        );
+        dev.queue_notify(TX_QUEUE);
+        assert_eq!(g.tx_used(), vec![(200, 0), (201, 0)]);
+        assert_eq!(
+            (dev.counters().tx_dropped, dev.counters().tx_packets),
+            (2, 0)
+        );
+        assert_eq!(
+            host.recv(Duration::from_millis(200)),
+            None,
+            "sent to the host"
+        );
+
+        let buf = g.alloc(2048);
+        g.mem()
+            .write_slice(&[0x77; 2048], GuestAddress(buf))
+            .unwrap();
+        let rx_table = g.alloc(16);
+        let len = write_table(g.mem(), rx_table, &[raw(buf, 2048, WRITE, 0)]);
+        g.post_rx_raw(210, &[(210, raw(rx_table, len, INDIRECT, 0))]);
+        let good = g.post_rx(&[2048])[0];
+        let frame = test_frame(GUEST_MAC, HOST_MAC, 4, 300);
+        inject(&mut dev, &host, &frame);
+        let used = g.rx_used();
+        let lens: Vec<_> = used.iter().map(|(h, l, _)| (*h, *l)).collect();
+        assert_eq!(lens, vec![(210, 0), (good, 12 + frame.len() as u32)]);
+        let mut now = vec![0u8; 2048];
+        g.mem().read_slice(&mut now, GuestAddress(buf)).unwrap();
+        assert!(
+            now.iter().all(|&b| b == 0x77),
+            "the refused buffer was written"
+        );
+        assert_eq!(dev.counters().rx_bad_chains, 1);
     });
 }
