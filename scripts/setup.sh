@@ -35,6 +35,10 @@ if ! "$venv/bin/python" -c 'import qemu.qmp' >/dev/null 2>&1; then
     "$venv/bin/pip" install -q --disable-pip-version-check qemu.qmp
 fi
 
+# QEMU 10 (with qemu-storage-daemon) and the lab's kernel, busybox and
+# QEMU 7.2: the vhost-user tests boot Linux with QEMU as the front end.
+bash "$(dirname "$0")/install-qemu.sh"
+
 # TAP devices for the virtio-net tests.
 [ -e /dev/net/tun ] || modprobe tun 2>/dev/null || true
 echo "setup: ok"

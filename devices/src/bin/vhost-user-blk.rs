@@ -40,8 +40,9 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=MAX_QUEUES as i64))]
     queues: u16,
-    /// Largest ring size a front end may choose (a power of two, 1 to 32768).
-    #[arg(long, value_name = "N", default_value_t = 256, value_parser = queue_size)]
+    /// Largest ring size a front end may choose (a power of two, 1 to 32768;
+    /// QEMU asks for 1024 by default).
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = queue_size)]
     queue_size: u16,
     /// Threads that run requests in parallel when several wait (0: each
     /// queue's worker runs them one by one). A lone request always runs on

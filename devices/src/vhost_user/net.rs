@@ -24,13 +24,16 @@ use super::kick_watch::KickWatch;
 use super::serve::DaemonDevice;
 use crate::virtio::net::tap::offload_flags;
 use crate::virtio::net::{
-    process_tx, NetCounters, QueueRun, RxQueue, Tap, TapError, AVAIL_FEATURES, QUEUE_MAX_SIZE,
+    process_tx, NetCounters, QueueRun, RxQueue, Tap, TapError, AVAIL_FEATURES,
     VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_GUEST_UFO,
 };
 use crate::virtio::VIRTIO_F_VERSION_1;
 
 const VIRTIO_NET_F_MQ: u64 = 1 << virtio_net::VIRTIO_NET_F_MQ;
+
+/// Largest ring a front end may choose: QEMU asks for 1024 by default.
+const MAX_QUEUE_SIZE: usize = 1024;
 
 /// Largest number of queue pairs: each pair gets a worker thread and a TAP queue.
 pub const MAX_QUEUE_PAIRS: u16 = 32;
@@ -244,7 +247,7 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn max_queue_size(&self) -> usize {
-        usize::from(QUEUE_MAX_SIZE)
+        MAX_QUEUE_SIZE
     }
 
     fn features(&self) -> u64 {
