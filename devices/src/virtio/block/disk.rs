@@ -127,6 +127,47 @@ impl Disk {
         }
     }
 
+    /// The fd for a transfer of `iov` at `offset`: the O_DIRECT one when
+    /// there is one and every segment is aligned for it.
+    fn fd_for_iov(&self, iov: &[libc::iovec], offset: u64) -> &File {
+        match &self.direct {
+            Some(d)
+                if offset.is_multiple_of(DIRECT_ALIGN as u64)
+                    && iov.iter().all(|v| {
+                        (v.iov_base as usize | v.iov_len).is_multiple_of(DIRECT_ALIGN)
+                    }) =>
+            {
+                d
+            }
+            _ => &self.file,
+        }
+    }
+
+    /// Reads into every byte `iov` describes, from `offset` on; consumes
+    /// `iov` as it goes.
+    ///
+    /// # Safety
+    /// Each iovec must be writable memory that stays valid for the call.
+    pub unsafe fn preadv_all(&self, iov: &mut [libc::iovec], offset: u64) -> io::Result<()> {
+        let fd = self.fd_for_iov(iov, offset).as_raw_fd();
+        // SAFETY: the caller vouches for the buffers; the fd is ours.
+        transfer_all(iov, offset, |v, n, off| unsafe {
+            libc::preadv(fd, v, n, off)
+        })
+    }
+
+    /// Writes every byte `iov` describes at `offset`; consumes `iov`.
+    ///
+    /// # Safety
+    /// Each iovec must be readable memory that stays valid for the call.
+    pub unsafe fn pwritev_all(&self, iov: &mut [libc::iovec], offset: u64) -> io::Result<()> {
+        let fd = self.fd_for_iov(iov, offset).as_raw_fd();
+        // SAFETY: the caller vouches for the buffers; the fd is ours.
+        transfer_all(iov, offset, |v, n, off| unsafe {
+            libc::pwritev(fd, v, n, off)
+        })
+    }
+
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.fd_for(buf, offset).read_exact_at(buf, offset)
     }
@@ -201,6 +242,44 @@ impl Disk {
         }
         Ok(())
     }
+}
+
+/// Repeats `op` (preadv or pwritev) until every byte of `iov` moved,
+/// advancing past what each call did; a call that moves nothing is an
+/// error (end of file, which a sector range inside the disk never meets).
+fn transfer_all(
+    mut iov: &mut [libc::iovec],
+    mut offset: u64,
+    op: impl Fn(*const libc::iovec, libc::c_int, libc::off_t) -> isize,
+) -> io::Result<()> {
+    while !iov.is_empty() {
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let n = op(iov.as_ptr(), iov.len() as libc::c_int, off);
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        let mut n = n as usize;
+        offset += n as u64;
+        while let Some(first) = iov.first_mut() {
+            if n < first.iov_len {
+                // SAFETY: moves the base within the same segment.
+                first.iov_base = unsafe { first.iov_base.cast::<u8>().add(n) }.cast();
+                first.iov_len -= n;
+                break;
+            }
+            n -= first.iov_len;
+            iov = &mut iov[1..];
+        }
+    }
+    Ok(())
 }
 
 fn open_hint(err: &io::Error, readonly: bool) -> &'static str {
