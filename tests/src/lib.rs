@@ -1,1 +1,4 @@
-//! Cross-crate integration tests live in `tests/`; the nested lab in `lab/`.
+//! Cross-crate integration tests live in `tests/`; the nested lab in
+//! `lab/`; the fuzz targets' bodies in [`fuzz`].
+
+pub mod fuzz;

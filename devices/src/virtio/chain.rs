@@ -13,10 +13,11 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::sync::atomic::Ordering;
 
 use crate::guest_warn;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 /// The descriptors of one available chain, read from the queue's
@@ -114,20 +115,50 @@ where
 
 /// Takes the next available chain off `queue`, or `None` when there is
 /// none. An available index the queue cannot follow (the driver claims
-/// more chains than the queue holds) also gives `None`, with a warning
-/// naming `device`; `pop_descriptor_chain` would log it at ERROR.
+/// more chains than the queue holds) or an unreadable ring also gives
+/// `None`, with a warning naming `device`; `pop_descriptor_chain` would
+/// log it at ERROR.
+///
+/// The ring is read here rather than through `Queue::iter`, which takes
+/// an available ring at guest address 0 for a queue that was reset and
+/// refuses it: a driver may place its ring there (activation accepts
+/// it), and such a queue had chains announced that none could take,
+/// which left net's TX spinning forever (found by fuzzing). Callers
+/// check that the queue is ready.
 pub fn pop_chain<M>(queue: &mut Queue, mem: M, device: &dyn fmt::Display) -> Option<Chain<M>>
 where
     M: Clone + Deref,
     M::Target: GuestMemoryBackend,
 {
-    let head = match queue.iter(mem.clone()) {
-        Ok(mut avail) => avail.next()?.head_index(),
+    let next = queue.next_avail();
+    let avail = match queue.avail_idx(&*mem, Ordering::Acquire) {
+        Ok(idx) => idx.0,
         Err(e) => {
-            guest_warn!("{device}: cannot take a chain off the available ring: {e}");
+            guest_warn!("{device}: cannot read the available index: {e}");
             return None;
         }
     };
+    if avail == next {
+        return None;
+    }
+    let size = queue.size();
+    if avail.wrapping_sub(next) > size || size == 0 {
+        guest_warn!(
+            "{device}: cannot take a chain off the available ring: the driver published index {avail}, {} chains ahead of the device in a queue of {size}",
+            avail.wrapping_sub(next)
+        );
+        return None;
+    }
+    // flags and idx (4 bytes), then one u16 head per entry.
+    let slot = GuestAddress(queue.avail_ring()).checked_add(4 + 2 * u64::from(next % size))?;
+    let head = match mem.load::<u16>(slot, Ordering::Acquire) {
+        Ok(h) => u16::from_le(h),
+        Err(e) => {
+            guest_warn!("{device}: cannot read available ring entry {next}: {e}");
+            return None;
+        }
+    };
+    queue.set_next_avail(next.wrapping_add(1));
     Some(Chain::new(mem, queue, head))
 }
 
@@ -212,6 +243,35 @@ mod tests {
             0,
         );
         assert_eq!(addrs, vec![0x1000]);
+    }
+
+    /// A driver may put its available ring at guest address 0, which
+    /// `Queue::iter` refuses as "not ready": such a queue once announced
+    /// chains none could take, and net's TX spun on it for good
+    /// (fuzz/regressions/net_queue/avail-ring-at-0).
+    #[test]
+    fn an_available_ring_at_guest_address_0_gives_its_chains() {
+        let ram = GuestRam::anonymous(1 << 20).unwrap();
+        let mem = ram.memory();
+        let mut q = Queue::new(QSIZE).unwrap();
+        q.try_set_desc_table_address(GuestAddress(0x1000)).unwrap();
+        q.try_set_avail_ring_address(GuestAddress(0)).unwrap();
+        q.try_set_used_ring_address(GuestAddress(0x2000)).unwrap();
+        q.set_ready(true);
+        mem.write_obj(raw(0x3000, 16, 0, 0), GuestAddress(0x1000 + 16 * 5))
+            .unwrap();
+        mem.write_obj(5u16.to_le(), GuestAddress(4)).unwrap();
+        mem.write_obj(1u16.to_le(), GuestAddress(2)).unwrap();
+        let mut chain = pop_chain(&mut q, mem, &"test").expect("the chain in slot 0");
+        assert_eq!(chain.head_index(), 5);
+        assert_eq!(chain.next().map(|d| d.addr().0), Some(0x3000));
+        assert!(pop_chain(&mut q, mem, &"test").is_none(), "one chain only");
+        assert_eq!(q.next_avail(), 1);
+
+        // An index more than a queue ahead gives nothing and takes nothing.
+        mem.write_obj((2 + QSIZE).to_le(), GuestAddress(2)).unwrap();
+        assert!(pop_chain(&mut q, mem, &"test").is_none());
+        assert_eq!(q.next_avail(), 1);
     }
 
     #[test]

@@ -91,6 +91,14 @@ pub enum QueueFault {
     Misaligned { ring: Ring, addr: u64 },
     #[error("its {ring} ({len} bytes at {addr:#x}) lies outside guest RAM")]
     OutsideRam { ring: Ring, addr: u64, len: u64 },
+    #[error("its device area (used ring, {used_len} bytes at {used:#x}) overlaps its {ring} ({len} bytes at {addr:#x}); give each ring its own memory")]
+    Overlap {
+        ring: Ring,
+        addr: u64,
+        len: u64,
+        used: u64,
+        used_len: u64,
+    },
 }
 
 /// The transport-independent part of a virtio device.
@@ -282,7 +290,7 @@ impl VirtioCommon {
                 Some(_) => {}
             }
         }
-        rings_outside_ram(q, self.ram.memory())
+        ring_layout_fault(q, self.ram.memory())
     }
 
     /// Common part of activation: event-idx on the queues, every ready
@@ -364,13 +372,44 @@ impl VirtioCommon {
 }
 
 /// The first of `q`'s rings that does not lie inside guest RAM.
-pub(super) fn rings_outside_ram(q: &Queue, mem: &GuestMemoryMmap) -> Option<QueueFault> {
+fn rings_outside_ram(q: &Queue, mem: &GuestMemoryMmap) -> Option<QueueFault> {
     Ring::ALL.into_iter().find_map(|ring| {
         let (addr, len) = (ring.address(q), ring.bytes(q.size()));
         let inside = addr.checked_add(len).is_some()
             && GuestMemoryBackend::check_range(mem, GuestAddress(addr), len as usize);
         (!inside).then_some(QueueFault::OutsideRam { ring, addr, len })
     })
+}
+
+/// Why `q`'s rings, as placed, cannot be used: outside RAM, or a device
+/// area that overlaps the descriptor table or the driver area.
+///
+/// The device writes only its device area. Over the driver's areas, its
+/// writes would rewrite the ring it reads: a used entry written over the
+/// available index makes more chains appear, whose used entries make
+/// more, and the device never runs dry (a guest held a device thread so,
+/// found by fuzzing). No driver lays rings out so on purpose.
+pub(super) fn ring_layout_fault(q: &Queue, mem: &GuestMemoryMmap) -> Option<QueueFault> {
+    if let Some(fault) = rings_outside_ram(q, mem) {
+        return Some(fault);
+    }
+    let size = q.size();
+    // In RAM, as checked above, so no end overflows.
+    let used = Ring::Device.address(q);
+    let used_len = Ring::Device.bytes(size);
+    [Ring::Descriptors, Ring::Driver]
+        .into_iter()
+        .find_map(|ring| {
+            let (addr, len) = (ring.address(q), ring.bytes(size));
+            let overlap = addr < used + used_len && used < addr + len;
+            overlap.then_some(QueueFault::Overlap {
+                ring,
+                addr,
+                len,
+                used,
+                used_len,
+            })
+        })
 }
 
 #[cfg(test)]
@@ -477,5 +516,44 @@ mod tests {
                 ring: Ring::Descriptors
             })
         );
+    }
+
+    /// The device writes its used entries only where they cannot rewrite
+    /// the rings it reads (a net device's TX once looped forever on rings
+    /// all at 0: fuzz/regressions/net_queue/rings-all-at-0).
+    #[test]
+    fn a_device_area_over_the_driver_rings_is_refused() {
+        // Size 16: descriptors 256 bytes, driver area 38, device area 134.
+        let overlaps = |addrs: [u64; 3]| ready_queue(addrs.map(Some)).queue_fault(0);
+        for (addrs, ring) in [
+            ([0, 0, 0], Ring::Descriptors),
+            ([0x1000, 0x100, 0xfc], Ring::Driver),
+            ([0x1000, 0x100, 0x124], Ring::Driver),
+            ([0, 0x100, 0xfc], Ring::Descriptors),
+            ([0x200, 0x100, 0x180], Ring::Descriptors),
+        ] {
+            assert!(
+                matches!(overlaps(addrs), Some(QueueFault::Overlap { ring: r, .. }) if r == ring),
+                "{addrs:x?}: {:?}",
+                overlaps(addrs)
+            );
+        }
+        // Touching is not overlapping, and the driver's two areas may overlap
+        // each other: the device only reads them.
+        for addrs in [[0, 0x100, 0x128], [0x200, 0x100, 0x300], [0, 0x80, 0x200]] {
+            assert_eq!(overlaps(addrs), None, "{addrs:x?}");
+        }
+        // Activation refuses it, so the device never runs on such rings.
+        let mut c = ready_queue([Some(0), Some(0), Some(0)]);
+        accept(&mut c, VIRTIO_F_VERSION_1);
+        c.interrupt = Some(Arc::new(crate::virtio::testing::InterruptLog::default()));
+        assert!(matches!(
+            c.prepare_activation(),
+            Err(ActivateError::InvalidQueue {
+                index: 0,
+                fault: QueueFault::Overlap { .. }
+            })
+        ));
+        assert!(!c.activated);
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use virtio_queue::{Queue, QueueState, QueueT};
 
-use super::common::{rings_outside_ram, Ring, VirtioCommon};
+use super::common::{ring_layout_fault, Ring, VirtioCommon};
 use super::{STATUS_DRIVER_OK, VIRTIO_F_VERSION_1};
 
 /// Largest state blob accepted; a virtio-mem bitmap of a 1 TiB region in
@@ -247,7 +247,7 @@ impl VirtioCommonState {
             let q = Queue::try_from(QueueState::from(*saved))
                 .map_err(|e| PersistError::Invalid(format!("queue {i}: {e}")))?;
             if self.activated && q.ready() {
-                if let Some(fault) = rings_outside_ram(&q, common.ram.memory()) {
+                if let Some(fault) = ring_layout_fault(&q, common.ram.memory()) {
                     return Err(PersistError::Invalid(format!("queue {i}: {fault}")));
                 }
             }

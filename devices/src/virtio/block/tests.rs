@@ -1130,6 +1130,23 @@ fn restore_rejects_rings_outside_ram() {
     assert!(matches!(err, PersistError::Invalid(_)), "{err}");
 }
 
+/// A snapshot cannot bring back rings that activation refuses: a device
+/// area over the driver's rings would have the device rewrite the ring it
+/// reads, without end.
+#[test]
+fn restore_rejects_overlapping_rings() {
+    let (_d, r) = rig(false);
+    let mut state = r.dev.save();
+    let q = &mut state.virtio.queues[0];
+    (q.desc_table, q.avail_ring, q.used_ring) = (0, 0, 0);
+    let bytes = encode(TYPE_BLOCK, 1, &state);
+    let err = Block::restore_bytes(restore_args(&r), &bytes)
+        .err()
+        .unwrap();
+    assert!(matches!(err, PersistError::Invalid(_)), "{err}");
+    assert!(err.to_string().contains("overlaps"), "{err}");
+}
+
 #[test]
 fn restore_rejects_changed_image_or_config() {
     let (_d, r) = rig(false);

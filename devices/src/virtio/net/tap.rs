@@ -113,6 +113,21 @@ impl Tap {
         Ok(tap)
     }
 
+    /// A `Tap` over an fd that is not a TUN device, for tests and fuzzing
+    /// that must hand the RX path packets of their own choosing (a TAP only
+    /// yields what the host kernel sends, header included). One end of a
+    /// `SOCK_SEQPACKET` socket pair suits: it keeps packet boundaries as a
+    /// TAP does. Set `O_NONBLOCK` on it, as [`Tap::open`] does on a TAP,
+    /// or an empty read blocks. The TUN ioctls ([`Tap::set_offload`],
+    /// [`Tap::driver_features`]) fail on such an fd.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn from_file_for_tests(file: File, name: &str) -> Tap {
+        Tap {
+            file,
+            name: name.to_string(),
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -30,6 +30,7 @@ pub fn process_tx<M: GuestMemoryBackend>(
 ) -> QueueRun {
     let used_before = q.next_used();
     let mut run = QueueRun::default();
+    let mut empty_passes = 0;
     loop {
         if let Err(e) = q.disable_notification(mem) {
             guest_warn!("net {id}: TX queue: {e}");
@@ -46,7 +47,9 @@ pub fn process_tx<M: GuestMemoryBackend>(
                 break;
             }
         }
+        let mut popped = 0;
         while let Some(chain) = pop_chain(q, mem, &format_args!("net {id}: TX queue")) {
+            popped += 1;
             let head = chain.head_index();
             match transmit(tap, mem, chain) {
                 Ok(frame_len) => {
@@ -65,7 +68,15 @@ pub fn process_tx<M: GuestMemoryBackend>(
             // The device writes nothing into TX buffers.
             put_used(q, mem, head, 0, id);
         }
+        empty_passes = if popped == 0 { empty_passes + 1 } else { 0 };
         match q.enable_notification(mem) {
+            // One empty pass is the driver publishing between the last
+            // look and re-enabling notifications. Two mean the ring
+            // announces chains that cannot be taken: going on would spin.
+            Ok(true) if empty_passes >= 2 => {
+                guest_warn!("net {id}: TX queue: the available index announces chains that cannot be taken; waiting for the next notification");
+                break;
+            }
             Ok(true) => continue,
             Ok(false) => break,
             Err(e) => {

@@ -51,6 +51,35 @@ fn replies_echo_any_id_after_the_result() {
     );
 }
 
+/// A number as `id` comes back as the number the client sent, as QEMU's
+/// correctly rounded parser and printer give it. serde_json's default
+/// float parser can be a bit off, so vmm echoed 8.888888888888889e77 as
+/// 8.88888888888889e77 (found by fuzzing qmp_input); it now parses
+/// floats exactly (serde_json's float_roundtrip).
+#[test]
+fn a_float_id_is_echoed_exactly() {
+    for id in ["8.888888888888889e77", "0.1", "1e-300", &"8".repeat(78)] {
+        let input = format!("{{\"execute\": \"qmp_capabilities\", \"id\": {id}}}");
+        let frames = Framer::new().feed(input.as_bytes());
+        let [Frame::Value(v)] = &frames[..] else {
+            panic!("{frames:?}");
+        };
+        let Outcome::Negotiated(reply) = Session::new().handle(v.clone()) else {
+            panic!("capabilities negotiated");
+        };
+        let line = text(reply.line());
+        let echoed = line
+            .strip_prefix("{\"return\": {}, \"id\": ")
+            .and_then(|l| l.strip_suffix("}\r\n"))
+            .unwrap_or_else(|| panic!("{line}"));
+        assert_eq!(
+            echoed.parse::<f64>().unwrap(),
+            id.parse::<f64>().unwrap(),
+            "id {id} came back as {echoed}"
+        );
+    }
+}
+
 #[test]
 fn output_is_ascii_with_qemu_escapes() {
     assert_eq!(

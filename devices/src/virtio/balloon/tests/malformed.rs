@@ -160,6 +160,28 @@ fn pfn_array_too_large() {
     );
 }
 
+/// A queue of chains at the old 1 MiB cap held the device thread for
+/// seconds (fuzz/regressions/balloon_queue/pfn-arrays-of-128k): the cap
+/// is now 1024 PFNs, and a longer array is refused whole.
+#[test]
+fn pfn_array_over_1024_entries() {
+    let (mut rig, _) = rig_with_victims(Backing::Anonymous);
+    let over = rig.buffer(&pfn_bytes(&[300; 1025]));
+    expect_malformed(
+        rig,
+        BalloonQueue::Inflate,
+        D0,
+        &[(D0, (over.addr, over.len, 0, 0))],
+    );
+
+    // 1024 is still taken, each PFN acted on.
+    let (mut rig, _) = rig_with_victims(Backing::Anonymous);
+    assert_eq!(rig.inflate(&[300; 1024]).len(), 1);
+    assert!(rig.page_is(300, 0), "the page was discarded");
+    let c = rig.dev.counters();
+    assert_eq!((c.inflated_pages, c.malformed_chains), (1024, 0));
+}
+
 #[test]
 fn device_writable_pfn_buffer() {
     let (rig, buf) = rig_with_victims(Backing::Anonymous);
