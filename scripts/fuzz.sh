@@ -8,8 +8,10 @@
 # runs found (fuzz/work/TARGET, not committed), and prints the target's
 # executions, coverage (libFuzzer's cov: edges and ft: features) and any
 # crash, which libFuzzer saves under fuzz/artifacts/TARGET/. Every run is
-# also appended to fuzz/work/runs.tsv, so the time each target has been
-# fuzzed in all can be added up. Exits 1 if any target crashed.
+# also appended to fuzz/work/runs.tsv with the seconds it really ran, so
+# the time each target has been fuzzed in all adds up:
+#   awk -F'\t' 'NR>1 {t[$2]+=$3} END {for (k in t) print k, t[k]}' fuzz/work/runs.tsv
+# Exits 1 if any target crashed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,10 +61,13 @@ for t in "${targets[@]}"; do
     log="work/$t.log"
     echo "== $t: ${seconds}s"
     rc=0
+    start=$(date +%s)
     # -timeout: an input running 10 s is a hang, reported like a crash.
     cargo +nightly fuzz run "$t" "work/$t" "corpus/$t" -- \
         -max_total_time="$seconds" -print_final_stats=1 -timeout=10 \
         -rss_limit_mb=4096 -artifact_prefix="artifacts/$t/" >"$log" 2>&1 || rc=$?
+    # What the target really ran: a crash ends the run early.
+    elapsed=$(($(date +%s) - start))
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
     cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
@@ -76,10 +81,10 @@ for t in "${targets[@]}"; do
         crashed=1
         grep -E 'panicked at|ERROR: libFuzzer|ERROR: AddressSanitizer|SUMMARY' "$log" | head -5 || true
     fi
-    line="$t: ${execs:-0} executions, cov ${cov:-?} edges, ft ${ft:-?}, corpus ${corp:-?}, crash: ${crash:-none}"
+    line="$t: ${elapsed}s, ${execs:-0} executions, cov ${cov:-?} edges, ft ${ft:-?}, corpus ${corp:-?}, crash: ${crash:-none}"
     echo "$line"
     summary+=("$line")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$seconds" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$elapsed" \
         "${execs:-0}" "${cov:-}" "${ft:-}" "${corp:-}" "${crash:-}" >>work/runs.tsv
 done
 
