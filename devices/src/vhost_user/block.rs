@@ -14,12 +14,10 @@ use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT}
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::kick_watch::KickWatch;
-use super::serve::DaemonDevice;
+use super::serve::{worker_exit_event, DaemonDevice};
 use crate::virtio::block::{
     config_space, offered_features, serial_id, BlockError, Disk, Request, CONFIG_SPACE_SIZE,
     ID_BYTES,
@@ -292,9 +290,7 @@ impl VhostUserBackend for BlockBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::CLOEXEC)
-            .map_err(|e| error!("{}: creating a worker's exit event: {e}", self.0.name))
-            .ok()
+        worker_exit_event(&self.0.name)
     }
 
     fn handle_event(

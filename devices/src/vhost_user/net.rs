@@ -8,20 +8,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::{guest_warn, host_error};
-use log::{debug, error, info, warn};
+use log::{debug, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
 use virtio_bindings::virtio_net;
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::block::read_config;
 use super::kick_watch::KickWatch;
-use super::serve::DaemonDevice;
+use super::serve::{worker_exit_event, DaemonDevice};
 use crate::virtio::net::tap::offload_flags;
 use crate::virtio::net::{
     process_tx, NetCounters, QueueRun, RxQueue, Tap, TapError, AVAIL_FEATURES,
@@ -296,9 +294,7 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::CLOEXEC)
-            .map_err(|e| error!("{}: creating a worker's exit event: {e}", self.0.name))
-            .ok()
+        worker_exit_event(&self.0.name)
     }
 
     fn handle_event(

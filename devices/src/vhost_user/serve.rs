@@ -13,6 +13,9 @@ use vhost::vhost_user::{Error as ProtocolError, Listener};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock};
 use vm_memory::mmap::MmapRegionError;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 /// What a daemon's device does beyond the vhost-user protocol.
 pub trait DaemonDevice:
@@ -44,6 +47,14 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Daemon(String),
+}
+
+/// A worker thread's exit event, as `VhostUserBackend::exit_event` gives it
+/// (a fresh pair for each daemon's workers); None, logged, if it cannot be made.
+pub fn worker_exit_event(name: &str) -> Option<(EventConsumer, EventNotifier)> {
+    new_event_consumer_and_notifier(EventFlag::CLOEXEC)
+        .map_err(|e| error!("{name}: creating a worker's exit event: {e}"))
+        .ok()
 }
 
 /// Serves front ends on `socket` until SIGTERM or SIGINT. The socket file
