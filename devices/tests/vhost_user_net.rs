@@ -127,15 +127,6 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn udp_to_host(payload: &[u8], dport: u16) -> Vec<u8> {
-    eth(
-        HOST_MAC,
-        GUEST_MAC,
-        0x0800,
-        &ipv4(GUEST_IP, HOST_IP, 17, &udp(4000, dport, payload)),
-    )
-}
-
 #[test]
 fn packets_flow_both_ways_and_a_second_front_end_is_served() {
     in_netns(|| {

@@ -147,3 +147,13 @@ pub fn with_hdr(hdr: VnetHdr, frame: &[u8]) -> Vec<u8> {
     p.extend_from_slice(frame);
     p
 }
+
+/// A UDP datagram from the guest (port 4000) to the host's `dport`.
+pub fn udp_to_host(payload: &[u8], dport: u16) -> Vec<u8> {
+    eth(
+        HOST_MAC,
+        GUEST_MAC,
+        0x0800,
+        &ipv4(GUEST_IP, HOST_IP, 17, &udp(4000, dport, payload)),
+    )
+}

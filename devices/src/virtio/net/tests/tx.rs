@@ -8,15 +8,6 @@ use crate::virtio::net::{VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4};
 
 const WAIT: Duration = Duration::from_secs(5);
 
-fn udp_to_host(payload: &[u8], dport: u16) -> Vec<u8> {
-    eth(
-        HOST_MAC,
-        GUEST_MAC,
-        0x0800,
-        &ipv4(GUEST_IP, HOST_IP, 17, &udp(4000, dport, payload)),
-    )
-}
-
 #[test]
 fn tx_udp_reaches_a_host_socket() {
     in_netns(|| {
