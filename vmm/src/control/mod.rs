@@ -66,7 +66,7 @@ use thiserror::Error;
 pub use client::run_ctl;
 pub use commands::{Command, MigMode, MigrateParameters, MigrationCapabilityStatus, COMMAND_NAMES};
 pub use protocol::{ErrorClass, QmpError};
-pub use server::{EventSender, QmpHandler, QmpListen, QmpServer};
+pub use server::{BoundQmp, EventSender, QmpHandler, QmpListen, QmpServer};
 
 /// Errors of the control socket: setting up the server, and the client.
 #[derive(Debug, Error)]

@@ -373,20 +373,50 @@ impl QmpServer {
         listen: QmpListen,
         handler: Arc<dyn QmpHandler>,
     ) -> Result<(EventSender, JoinHandle<()>), ControlError> {
+        Self::bind(listen)?.serve(handler)
+    }
+
+    /// Binds the socket at `listen` (or takes the inherited one) without
+    /// serving it yet: clients that connect wait in the listen backlog
+    /// until [`BoundQmp::serve`]. This lets `vmm run` make the socket
+    /// exist before the guest runs while answering only once there is a
+    /// VM to command.
+    pub fn bind(listen: QmpListen) -> Result<BoundQmp, ControlError> {
         let what = match &listen {
             QmpListen::Path(p) => p.display().to_string(),
             QmpListen::Fd(fd) => format!("fd {fd}"),
         };
-        let listener = bind(listen)?;
+        Ok(BoundQmp {
+            listener: bind(listen)?,
+            what,
+        })
+    }
+}
+
+/// A QMP socket that is bound and listening but not yet served.
+pub struct BoundQmp {
+    listener: UnixListener,
+    what: String,
+}
+
+impl BoundQmp {
+    /// Serves the socket on its own thread, one client at a time, for as
+    /// long as the process lives. Returns the event sender and the
+    /// thread's handle.
+    pub fn serve(
+        self,
+        handler: Arc<dyn QmpHandler>,
+    ) -> Result<(EventSender, JoinHandle<()>), ControlError> {
         let shared = Arc::new(Shared::default());
         let events = EventSender {
             shared: shared.clone(),
         };
+        let listener = self.listener;
         let thread = thread::Builder::new()
             .name("qmp".into())
             .spawn(move || serve(listener, shared, handler))
             .map_err(ControlError::Thread)?;
-        info!("QMP listening on {what}");
+        info!("QMP listening on {}", self.what);
         Ok((events, thread))
     }
 }

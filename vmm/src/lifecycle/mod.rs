@@ -351,24 +351,32 @@ fn run_vm(cfg: VmConfig, opts: RunOptions) -> Result<RunEnd, MachineError> {
         })?,
     );
     signals::watch(&ctl);
-    let serve_qmp = |listen: Option<QmpListen>| -> Result<(), MachineError> {
-        if let Some(listen) = listen {
+    // The socket is bound before the guest runs, so that a path in use is
+    // refused before anything starts and a client that connects as soon
+    // as the process is up waits in the backlog instead of failing. It is
+    // served once there is a VM to command: a booted VM's once the VM
+    // exists, an incoming one's at once, for migrate-incoming.
+    let mut bound = opts
+        .qmp
+        .map(QmpServer::bind)
+        .transpose()
+        .map_err(|e| MachineError::Host {
+            what: "binding the QMP socket",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let mut serve_qmp = || -> Result<(), MachineError> {
+        if let Some(b) = bound.take() {
             let handler = qmp::Handler(ctl.clone());
-            let (events, _thread) =
-                QmpServer::start(listen, Arc::new(handler)).map_err(|e| MachineError::Host {
-                    what: "starting the QMP socket",
-                    source: std::io::Error::other(e.to_string()),
-                })?;
+            let (events, _thread) = b.serve(Arc::new(handler)).map_err(|e| MachineError::Host {
+                what: "starting the QMP socket",
+                source: std::io::Error::other(e.to_string()),
+            })?;
             let _ = ctl.events.set(events);
         }
         Ok(())
     };
-    // A booted VM's socket appears once the VM exists, so that a client
-    // that connects as soon as it can finds a VM to command; an incoming
-    // one's at once, for migrate-incoming.
-    let mut qmp_listen = opts.qmp;
     if opts.incoming.is_some() {
-        serve_qmp(qmp_listen.take())?;
+        serve_qmp()?;
     }
     match opts.incoming {
         None => {
@@ -389,7 +397,7 @@ fn run_vm(cfg: VmConfig, opts: RunOptions) -> Result<RunEnd, MachineError> {
             });
             let m = machine::boot(&cfg, opts.start_paused, watch.flatten())?;
             ctl.install(m);
-            serve_qmp(qmp_listen.take())?;
+            serve_qmp()?;
         }
         Some(Incoming::Defer) => {
             ctl.start_preparing();
