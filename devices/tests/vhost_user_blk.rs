@@ -62,6 +62,18 @@ impl Front {
         queues: usize,
         index: usize,
     ) -> Result<Front, String> {
+        Front::connect_laid_out(socket, ram_spec, queues, index, |r| r)
+    }
+
+    /// As `connect_ring`, with the ring addresses the back end is given
+    /// passed through `layout` first.
+    fn connect_laid_out(
+        socket: &Path,
+        ram_spec: &BackingSpec,
+        queues: usize,
+        index: usize,
+        layout: impl FnOnce(RingAddrs) -> RingAddrs,
+    ) -> Result<Front, String> {
         let mut b = GuestRam::builder();
         b.add(
             "--memory",
@@ -84,7 +96,7 @@ impl Front {
             avail: queue.avail_ring(),
             used: queue.used_ring(),
         };
-        conn.start_ring(&ram, index, ring, 0, &kick, &call)
+        conn.start_ring(&ram, index, layout(ring), 0, &kick, &call)
             .map_err(|e| e.to_string())?;
         Ok(Front {
             ram,
@@ -449,4 +461,47 @@ fn bad_options_get_one_clear_line_and_status_2() {
         assert!(err.contains(expect), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn a_used_ring_over_the_available_ring_is_reported_and_not_served() {
+    let dir = Scratch::new("overlap");
+    let img = image(&dir.0, MIB);
+    let sock = dir.0.join("blk.sock");
+    let mut d = Daemon::start(DAEMON, &sock, &["--image", img.to_str().unwrap()]);
+    // A front end other than vmm's may hand over any addresses: here the
+    // device's used entries would land on the available ring it reads.
+    let mut f = Front::connect_laid_out(&sock, &BackingSpec::memfd(true), 1, 0, |r| RingAddrs {
+        used: r.avail,
+        ..r
+    })
+    .unwrap();
+    d.wait_for("front end 1 connected");
+    let mem = f.ram.memory();
+    mem.write_slice(&pattern(512, 5), GuestAddress(DATA))
+        .unwrap();
+    let mut hdr = [0u8; 16];
+    hdr[0..4].copy_from_slice(&VIRTIO_BLK_T_OUT.to_le_bytes());
+    mem.write_slice(&hdr, GuestAddress(HDR)).unwrap();
+    f.queue
+        .add_chain(&[Buf::r(HDR, 16), Buf::r(DATA, 512), Buf::w(STATUS, 1)]);
+    f.kick.write(1).unwrap();
+    let line = d.wait_for("overlaps its");
+    assert!(
+        line.contains("queue 0") && line.contains("not served"),
+        "{line}"
+    );
+    assert_eq!(
+        fs::read(&img).unwrap(),
+        vec![0u8; MIB as usize],
+        "nothing was written"
+    );
+    drop(f);
+
+    // The daemon is not stuck: the next front end, with its rings apart, is served.
+    let mut f = Front::shared(&sock);
+    d.wait_for("front end 2 connected");
+    let data = pattern(512, 6);
+    let (status, _) = f.request(VIRTIO_BLK_T_OUT, 0, Some((&data, true)));
+    assert_eq!(status, VIRTIO_BLK_S_OK as u8);
 }

@@ -447,6 +447,8 @@ def build_l1(env, out, l2_image):
     cpio.file("lab/scenarios/bench-snapshot.sh", os.path.join(LAB, "bench-snapshot.sh"), 0o755)
     # The template benchmark's L1 side (tests/lab/bench-template).
     cpio.file("lab/scenarios/bench-template.sh", os.path.join(LAB, "bench-template.sh"), 0o755)
+    # The boot failure rate's L1 side (tests/lab/boot-rate).
+    cpio.file("lab/scenarios/boot-rate.sh", os.path.join(LAB, "boot-rate.sh"), 0o755)
     cpio.file("lab/vmlinuz", env["LAB_VMLINUZ"], 0o644)
     cpio.file("lab/vmlinux.gz", vmlinux_gz(env), 0o644)
     cpio.file("lab/l2.cpio", l2_image, 0o644)

@@ -37,6 +37,8 @@ enum Source {
     },
     /// Packets may be waiting on a TAP.
     Tap { name: String, net: Arc<Mutex<Net>> },
+    /// A TAP read failed earlier and its retry timer expired.
+    TapRetry { name: String, net: Arc<Mutex<Net>> },
     /// A vhost-user back end used buffers of `queue` and signalled.
     Call {
         name: String,
@@ -207,12 +209,25 @@ impl EventLoop {
 
     /// Edge-triggered: `Net::process_rx` reads the TAP until it is empty or
     /// the guest has no buffers; the guest's next RX kick resumes it.
+    /// After a TAP read error, the device's retry timer brings the next
+    /// read instead (`Net::rx_retry_fd`).
     pub fn add_tap(&mut self, name: &str, net: Arc<Mutex<Net>>) -> io::Result<()> {
-        let fd = lock(&net, name).tap_fd();
+        let (fd, retry_fd) = {
+            let n = lock(&net, name);
+            (n.tap_fd(), n.rx_retry_fd())
+        };
         self.add(
             fd,
             EventSet::IN | EventSet::EDGE_TRIGGERED,
             Source::Tap {
+                name: name.to_string(),
+                net: net.clone(),
+            },
+        )?;
+        self.add(
+            retry_fd,
+            EventSet::IN,
+            Source::TapRetry {
                 name: name.to_string(),
                 net,
             },
@@ -410,6 +425,7 @@ impl EventLoop {
                 }
             }
             Source::Tap { name, net } => lock(net, name).process_rx(),
+            Source::TapRetry { name, net } => lock(net, name).rx_retry_due(),
             Source::Call {
                 name,
                 device,

@@ -23,7 +23,7 @@ use crate::virtio::block::{
     ID_BYTES,
 };
 use crate::virtio::chain::{add_used, pop_chain};
-use crate::virtio::VIRTIO_F_VERSION_1;
+use crate::virtio::{ring_placement_fault, VIRTIO_F_VERSION_1};
 
 /// What `vhost-user-blk` serves.
 #[derive(Clone, Debug)]
@@ -143,6 +143,13 @@ impl BlockBackend {
         let inner = &self.0;
         let _gate = inner.gate.read().unwrap_or_else(|e| e.into_inner());
         let mem = inner.mem.lock().unwrap_or_else(|e| e.into_inner()).memory();
+        if let Some(fault) = ring_placement_fault(vring.get_ref().get_queue(), &*mem) {
+            guest_warn!(
+                "{}: queue {queue_index}: {fault}; not served until the front end sets the ring up again",
+                inner.name
+            );
+            return;
+        }
         let batch = take_requests(vring.get_mut().get_queue_mut(), &mem, &inner.name);
         inner.watches[queue_index]
             .lock()

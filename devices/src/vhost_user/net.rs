@@ -22,11 +22,11 @@ use super::kick_watch::KickWatch;
 use super::serve::{worker_exit_event, DaemonDevice};
 use crate::virtio::net::tap::offload_flags;
 use crate::virtio::net::{
-    process_tx, NetCounters, QueueRun, RxQueue, Tap, TapError, AVAIL_FEATURES,
+    process_tx, NetCounters, QueueRun, RxQueue, RxRetry, Tap, TapError, AVAIL_FEATURES,
     VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_GUEST_UFO,
 };
-use crate::virtio::VIRTIO_F_VERSION_1;
+use crate::virtio::{ring_placement_fault, VIRTIO_F_VERSION_1};
 
 const VIRTIO_NET_F_MQ: u64 = 1 << virtio_net::VIRTIO_NET_F_MQ;
 
@@ -64,9 +64,10 @@ struct Pair {
     state: Mutex<PairState>,
 }
 
-#[derive(Default)]
 struct PairState {
     rx: RxQueue,
+    /// Reads the TAP again after a read error (see [`RxRetry`]).
+    rx_retry: RxRetry,
     counters: NetCounters,
     rx_watch: KickWatch,
     tx_watch: KickWatch,
@@ -96,11 +97,24 @@ impl NetBackend {
             acked: AtomicU64::new(0),
             pairs: taps
                 .into_iter()
-                .map(|tap| Pair {
-                    tap,
-                    state: Mutex::new(PairState::default()),
+                .map(|tap| {
+                    let rx_retry = RxRetry::new().map_err(|source| TapError::RetryTimer {
+                        tap: config.tap.clone(),
+                        source,
+                    })?;
+                    Ok(Pair {
+                        tap,
+                        state: Mutex::new(PairState {
+                            rx: RxQueue::default(),
+                            rx_retry,
+                            counters: NetCounters::default(),
+                            rx_watch: KickWatch::default(),
+                            tx_watch: KickWatch::default(),
+                            rx_avail_seen: None,
+                        }),
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, TapError>>()?,
             mem: Mutex::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
             gate: RwLock::new(()),
         })))
@@ -127,6 +141,11 @@ impl NetBackend {
         2 * self.0.pairs.len() as u64 + 1
     }
 
+    /// A pair's RX retry timer expired (after a TAP read error).
+    fn retry_event(&self) -> u64 {
+        self.tap_event() + 1
+    }
+
     fn serve(&self, pair: usize, event: u16, vrings: &[VringRwLock]) {
         let inner = &self.0;
         let (Some(p), [rx_ring, tx_ring]) = (inner.pairs.get(pair), vrings) else {
@@ -142,16 +161,29 @@ impl NetBackend {
         let mut st = lock(&p.state);
         let PairState {
             rx,
+            rx_retry,
             counters,
             rx_watch,
             tx_watch,
             rx_avail_seen,
         } = &mut *st;
-        let tap_event = u64::from(event) == self.tap_event();
+        let retry = u64::from(event) == self.retry_event();
+        if retry && !rx_retry.fired() {
+            return;
+        }
+        let tap_event = u64::from(event) == self.tap_event() || retry;
         if event == RX_EVENT || tap_event {
             let mut ring = rx_ring.get_mut();
             if !ring.get_queue().ready() || !ring.is_enabled() {
                 // Reading the TAP resumes when the driver kicks the RX queue.
+                return;
+            }
+            if let Some(fault) = ring_placement_fault(ring.get_queue(), &*mem) {
+                guest_warn!(
+                    "{}: queue {}: {fault}; not served until the front end sets the ring up again",
+                    inner.name,
+                    2 * pair
+                );
                 return;
             }
             let run = rx.process(
@@ -162,6 +194,12 @@ impl NetBackend {
                 counters,
                 &inner.name,
             );
+            if let Err(e) = rx_retry.after_pass(run.tap_error) {
+                host_error!(
+                    "{}: pair {pair}: arming the RX retry timer: {e}; RX waits for the next packet or RX kick",
+                    inner.name
+                );
+            }
             self.finish(&mut ring, &mem, run, 2 * pair);
             if event == RX_EVENT {
                 // An RX kick means buffers were added: the avail index moved.
@@ -176,6 +214,19 @@ impl NetBackend {
             }
         } else if event == TX_EVENT {
             let mut ring = tx_ring.get_mut();
+            let fault = ring
+                .get_queue()
+                .ready()
+                .then(|| ring_placement_fault(ring.get_queue(), &*mem))
+                .flatten();
+            if let Some(fault) = fault {
+                guest_warn!(
+                    "{}: queue {}: {fault}; not served until the front end sets the ring up again",
+                    inner.name,
+                    2 * pair + 1
+                );
+                return;
+            }
             let before = ring.get_queue().next_avail();
             let run = process_tx(ring.get_queue_mut(), &*mem, &p.tap, counters, &inner.name);
             let served = ring.get_queue().next_avail().wrapping_sub(before);
@@ -326,6 +377,12 @@ impl DaemonDevice for NetBackend {
                 EventSet::IN | EventSet::EDGE_TRIGGERED,
                 self.tap_event(),
             )?;
+            let mut st = lock(&p.state);
+            // A timer left armed by the previous front end would fire into
+            // rings that are not set up yet; the new front end's first RX
+            // kick reads the TAP anyway.
+            st.rx_retry.cancel()?;
+            handler.register_listener(st.rx_retry.fd(), EventSet::IN, self.retry_event())?;
         }
         Ok(())
     }

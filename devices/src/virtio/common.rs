@@ -13,7 +13,7 @@ use super::{
     STATUS_FAILED, STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
-use crate::ram::{GuestMemoryMmap, GuestRam};
+use crate::ram::GuestRam;
 
 #[derive(Debug, Error)]
 pub enum ActivateError {
@@ -372,11 +372,11 @@ impl VirtioCommon {
 }
 
 /// The first of `q`'s rings that does not lie inside guest RAM.
-fn rings_outside_ram(q: &Queue, mem: &GuestMemoryMmap) -> Option<QueueFault> {
+fn rings_outside_ram<M: GuestMemoryBackend>(q: &Queue, mem: &M) -> Option<QueueFault> {
     Ring::ALL.into_iter().find_map(|ring| {
         let (addr, len) = (ring.address(q), ring.bytes(q.size()));
-        let inside = addr.checked_add(len).is_some()
-            && GuestMemoryBackend::check_range(mem, GuestAddress(addr), len as usize);
+        let inside =
+            addr.checked_add(len).is_some() && mem.check_range(GuestAddress(addr), len as usize);
         (!inside).then_some(QueueFault::OutsideRam { ring, addr, len })
     })
 }
@@ -389,7 +389,7 @@ fn rings_outside_ram(q: &Queue, mem: &GuestMemoryMmap) -> Option<QueueFault> {
 /// available index makes more chains appear, whose used entries make
 /// more, and the device never runs dry (a guest held a device thread so,
 /// found by fuzzing). No driver lays rings out so on purpose.
-pub(super) fn ring_layout_fault(q: &Queue, mem: &GuestMemoryMmap) -> Option<QueueFault> {
+pub(super) fn ring_layout_fault<M: GuestMemoryBackend>(q: &Queue, mem: &M) -> Option<QueueFault> {
     if let Some(fault) = rings_outside_ram(q, mem) {
         return Some(fault);
     }
@@ -410,6 +410,21 @@ pub(super) fn ring_layout_fault(q: &Queue, mem: &GuestMemoryMmap) -> Option<Queu
                 used_len,
             })
         })
+}
+
+/// Why `q`'s rings, at the addresses a front end gave a vhost-user back end
+/// (which has no transport of its own to check them), cannot be used:
+/// misaligned (virtio 1.2, 2.7), outside the memory it was given, or a
+/// device area over the driver's rings. The checks a transport makes on
+/// activation ([`VirtioCommon::queue_fault`]), for the daemons.
+pub fn ring_placement_fault<M: GuestMemoryBackend>(q: &Queue, mem: &M) -> Option<QueueFault> {
+    Ring::ALL
+        .into_iter()
+        .find_map(|ring| {
+            let addr = ring.address(q);
+            (!addr.is_multiple_of(ring.align())).then_some(QueueFault::Misaligned { ring, addr })
+        })
+        .or_else(|| ring_layout_fault(q, mem))
 }
 
 #[cfg(test)]

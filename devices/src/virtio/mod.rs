@@ -17,7 +17,7 @@ pub mod persist;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 
-pub use common::{ActivateError, QueueFault, Ring, VirtioCommon};
+pub use common::{ring_placement_fault, ActivateError, QueueFault, Ring, VirtioCommon};
 pub use interrupt::{InterruptKind, VirtioInterrupt};
 
 use virtio_bindings::virtio_config;

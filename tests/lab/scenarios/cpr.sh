@@ -26,7 +26,10 @@ cpr_boot() {
     vmm run --kernel /lab/vmlinuz --initrd /lab/l2.cpio --cmdline "$cmdline" $common \
         --serial file=/tmp/$1.serial --qmp unix:/tmp/$1.qmp </dev/null >/tmp/$1.out 2>&1 &
     pid=$!
-    snap_wait_count /tmp/$1.serial 40 150 && return 0
+    if snap_wait_count /tmp/$1.serial 40 150; then
+        lab_log "$1: the guest counted to 40; checkpointing it"
+        return 0
+    fi
     if kill -0 $pid 2>/dev/null; then
         lab_vmm_kill $pid /tmp/$1.out
     else
@@ -87,7 +90,7 @@ wait $pid
 status2=$?
 run2_s=$(lab_since "$tr")
 done_line=$(tr -d '\r' </tmp/cpr2.serial | grep -m1 LAB-L2-SNAP-DONE)
-[ -n "$done_line" ] || lab_fail "the restored guest did not finish (vmm exited $status2): $(tail -n 3 /tmp/cpr2.serial /tmp/cpr2.out | tr -d '\r' | tr '\n' '|')"
+[ -n "$done_line" ] || lab_fail "the restored guest did not finish (vmm exited $status2): $(tail -n 3 /tmp/cpr2.serial | tr -d '\r' | tr '\n' '|')|$(grep -v 'vcpu-dump: ' /tmp/cpr2.out | tail -n 3 | tr '\n' '|')$(lab_dump_why /tmp/cpr2.out)"
 [ "$status2" = 0 ] || lab_fail "the restored vmm exited $status2: $(tail -n 3 /tmp/cpr2.out | tr '\n' '|')"
 snap_counts /tmp/cpr1.serial /tmp/cpr2.serial | awk -v n=$SNAP_RECORDS '
     $1 != NR { print "count " NR " reads " $1; bad = 1; exit 1 }

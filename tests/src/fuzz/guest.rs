@@ -300,19 +300,7 @@ pub fn disk_image(readonly: bool) -> (File, BlockConfig) {
 /// is the device's TAP stand-in, the second the host side that sends it
 /// packets and reads what it transmits.
 pub fn packet_pair(name: &str) -> (Tap, File) {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two fds into the array.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(rc, 0, "socketpair: {}", io::Error::last_os_error());
-    // SAFETY: fresh fds nothing else owns.
-    let (dev, host) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    let (dev, host) = devices::virtio::testing::netns::seqpacket_pair();
     (Tap::from_file_for_tests(dev, name), host)
 }
 

@@ -12,6 +12,7 @@ use virtio_queue::QueueT;
 
 use super::ring::QueueRun;
 use super::rx::RxQueue;
+use super::rx_retry::RxRetry;
 use super::tap::{offload_flags, Tap, TapError};
 use super::tx::process_tx;
 use super::NetConfig;
@@ -91,6 +92,12 @@ pub enum NetError {
     },
     #[error("net device {id:?}: MAC {mac} is a multicast address; give it a unicast MAC (even first octet), e.g. 52:54:00:12:34:56")]
     MulticastMac { id: String, mac: String },
+    #[error("net device {id:?}: creating its RX retry timer: {source}")]
+    Timer {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub(crate) fn format_mac(mac: &[u8; 6]) -> String {
@@ -104,7 +111,9 @@ pub(crate) fn format_mac(mac: &[u8; 6]) -> String {
 ///
 /// The event loop watches [`Net::tap_fd`] for input and calls
 /// [`Net::process_rx`] when it is readable; see [`RxQueue`] for how the TAP
-/// suits edge-triggered polling.
+/// suits edge-triggered polling. It also watches [`Net::rx_retry_fd`] and
+/// calls [`Net::rx_retry_due`] when that is readable: after a TAP read
+/// error, the TAP is read again on a timer ([`RxRetry`]).
 pub struct Net {
     pub(super) common: VirtioCommon,
     pub(super) config: NetConfig,
@@ -112,6 +121,7 @@ pub struct Net {
     /// The TUN_F_* flags last applied to the TAP.
     pub(super) tap_offloads: u32,
     pub(super) rx: RxQueue,
+    pub(super) rx_retry: RxRetry,
     pub(super) counters: NetCounters,
 }
 
@@ -134,6 +144,10 @@ impl Net {
                 mac: format_mac(&config.mac),
             });
         }
+        let rx_retry = RxRetry::new().map_err(|source| NetError::Timer {
+            id: config.id.clone(),
+            source,
+        })?;
         Ok(Net {
             common: VirtioCommon::new(
                 TYPE_NET,
@@ -145,6 +159,7 @@ impl Net {
             tap,
             tap_offloads: 0,
             rx: RxQueue::default(),
+            rx_retry,
             counters: NetCounters::default(),
         })
     }
@@ -160,6 +175,19 @@ impl Net {
     /// The fd the event loop polls for packets from the host.
     pub fn tap_fd(&self) -> RawFd {
         self.tap.as_raw_fd()
+    }
+
+    /// The fd the event loop polls for the RX retry timer.
+    pub fn rx_retry_fd(&self) -> RawFd {
+        self.rx_retry.fd()
+    }
+
+    /// The RX retry timer's fd is readable: reads the TAP again if the
+    /// timer really expired.
+    pub fn rx_retry_due(&mut self) {
+        if self.rx_retry.fired() {
+            self.process_rx();
+        }
     }
 
     /// A packet is waiting for RX buffers; the TAP is not read meanwhile.
@@ -213,6 +241,12 @@ impl Net {
             counters,
             &config.id,
         );
+        if let Err(e) = self.rx_retry.after_pass(run.tap_error) {
+            host_error!(
+                "net {}: arming the RX retry timer: {e}; RX waits for the next packet or RX kick",
+                self.config.id
+            );
+        }
         self.finish(RX_QUEUE, run);
     }
 
@@ -292,6 +326,12 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.common.reset();
         self.rx.clear();
+        if let Err(e) = self.rx_retry.cancel() {
+            host_error!(
+                "net {}: disarming the RX retry timer on reset: {e}",
+                self.config.id
+            );
+        }
         if self.tap_offloads != 0 {
             match self.tap.set_offload(0) {
                 Ok(()) => self.tap_offloads = 0,

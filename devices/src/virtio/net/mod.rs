@@ -9,6 +9,7 @@ mod device;
 mod persist;
 mod ring;
 mod rx;
+mod rx_retry;
 pub mod tap;
 mod tx;
 
@@ -17,6 +18,7 @@ pub use device::*;
 pub use persist::NetState;
 pub use ring::QueueRun;
 pub use rx::RxQueue;
+pub use rx_retry::RxRetry;
 pub use tap::{Tap, TapError};
 pub use tx::process_tx;
 

@@ -43,6 +43,8 @@ pub enum TapError {
         op: &'static str,
         source: io::Error,
     },
+    #[error("TAP {tap:?}: cannot create the timer that retries failed reads: {source}")]
+    RetryTimer { tap: String, source: io::Error },
 }
 
 /// An attached TAP queue, non-blocking, with 12-byte virtio-net headers.

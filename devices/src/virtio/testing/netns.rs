@@ -135,6 +135,30 @@ pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     n > 0 && p.revents & libc::POLLIN != 0
 }
 
+/// A connected pair of non-blocking `SOCK_SEQPACKET` sockets: one end
+/// stands in for a TAP ([`crate::virtio::net::Tap::from_file_for_tests`]),
+/// keeping packet boundaries as a TAP does; the other is the host side.
+pub fn seqpacket_pair() -> (std::fs::File, std::fs::File) {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two fds into the array.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "socketpair: {}", io::Error::last_os_error());
+    // SAFETY: fresh fds nothing else owns.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    }
+}
+
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
 
 /// An AF_PACKET socket on one interface: sends frames out of it (they come

@@ -218,3 +218,52 @@ fn rx_writes_only_the_used_length() {
         assert!(tail.iter().all(|&b| b == FILL));
     });
 }
+
+/// Replaces what the open file `fd` refers to by `with` (dup2), as if the
+/// TAP behind the device's fd had changed under it.
+fn swap_fd(fd: std::os::fd::RawFd, with: &impl std::os::fd::AsRawFd) {
+    // SAFETY: both fds are open; dup2 closes fd's old file atomically.
+    assert_eq!(unsafe { libc::dup2(with.as_raw_fd(), fd) }, fd);
+}
+
+#[test]
+fn rx_resumes_by_itself_after_a_tap_read_error() {
+    in_netns(|| {
+        add_tap("tnet0", HOST_MAC, None);
+        let mut g = Guest::new(256);
+        let (mut dev, log) = g.start("tnet0", 0);
+        g.post_rx(&[2048]);
+        dev.queue_notify(RX_QUEUE);
+        let tap_fd = dev.tap_fd();
+
+        // Reads of the TAP fail (EISDIR): the pass ends in an error.
+        swap_fd(tap_fd, &std::fs::File::open("/").unwrap());
+        dev.process_rx();
+        assert!(g.rx_used().is_empty());
+
+        // Meanwhile a packet waits behind the fd, and no edge announces it:
+        // only the retry timer can bring it in.
+        let (stand_in, mut host) = super::netns::seqpacket_pair();
+        let frame = test_frame(GUEST_MAC, HOST_MAC, 9, 100);
+        let mut pkt = vec![0u8; 12];
+        pkt.extend_from_slice(&frame);
+        std::io::Write::write_all(&mut host, &pkt).unwrap();
+        swap_fd(tap_fd, &stand_in);
+
+        assert!(
+            wait_readable(dev.rx_retry_fd(), WAIT),
+            "no retry was scheduled after the TAP read error"
+        );
+        dev.rx_retry_due();
+        let used = g.rx_used();
+        assert_eq!(used.len(), 1, "the waiting packet did not reach the guest");
+        assert_eq!(&used[0].2[12..], &frame[..]);
+        assert_eq!(irqs(&log), vec![RX]);
+
+        // A pass without an error schedules nothing more.
+        assert!(!wait_readable(
+            dev.rx_retry_fd(),
+            Duration::from_millis(100)
+        ));
+    });
+}

@@ -166,24 +166,7 @@ fn tx_with_the_available_ring_at_guest_address_0() {
     mem.write_obj(0u16.to_le(), GuestAddress(4)).unwrap();
     mem.write_obj(1u16.to_le(), GuestAddress(2)).unwrap();
 
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two fds into the array.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(rc, 0);
-    // SAFETY: fresh fds nothing else owns.
-    let (dev, mut host) = unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        )
-    };
+    let (dev, mut host) = crate::virtio::testing::netns::seqpacket_pair();
     let tap = Tap::from_file_for_tests(dev, "pair");
 
     let mut counters = NetCounters::default();
