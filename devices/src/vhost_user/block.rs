@@ -17,13 +17,13 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::kick_watch::KickWatch;
-use super::serve::{worker_exit_event, DaemonDevice};
+use super::serve::{ring_servable, worker_exit_event, DaemonDevice};
 use crate::virtio::block::{
     config_space, offered_features, serial_id, BlockError, Disk, Request, CONFIG_SPACE_SIZE,
     ID_BYTES,
 };
 use crate::virtio::chain::{add_used, pop_chain};
-use crate::virtio::{ring_placement_fault, VIRTIO_F_VERSION_1};
+use crate::virtio::VIRTIO_F_VERSION_1;
 
 /// What `vhost-user-blk` serves.
 #[derive(Clone, Debug)]
@@ -143,11 +143,7 @@ impl BlockBackend {
         let inner = &self.0;
         let _gate = inner.gate.read().unwrap_or_else(|e| e.into_inner());
         let mem = inner.mem.lock().unwrap_or_else(|e| e.into_inner()).memory();
-        if let Some(fault) = ring_placement_fault(vring.get_ref().get_queue(), &*mem) {
-            guest_warn!(
-                "{}: queue {queue_index}: {fault}; not served until the front end sets the ring up again",
-                inner.name
-            );
+        if !ring_servable(&inner.name, queue_index, vring.get_ref().get_queue(), &*mem) {
             return;
         }
         let batch = take_requests(vring.get_mut().get_queue_mut(), &mem, &inner.name);

@@ -19,14 +19,14 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::block::read_config;
 use super::kick_watch::KickWatch;
-use super::serve::{worker_exit_event, DaemonDevice};
+use super::serve::{ring_servable, worker_exit_event, DaemonDevice};
 use crate::virtio::net::tap::offload_flags;
 use crate::virtio::net::{
     process_tx, NetCounters, QueueRun, RxQueue, RxRetry, Tap, TapError, AVAIL_FEATURES,
     VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_GUEST_UFO,
 };
-use crate::virtio::{ring_placement_fault, VIRTIO_F_VERSION_1};
+use crate::virtio::VIRTIO_F_VERSION_1;
 
 const VIRTIO_NET_F_MQ: u64 = 1 << virtio_net::VIRTIO_NET_F_MQ;
 
@@ -178,12 +178,7 @@ impl NetBackend {
                 // Reading the TAP resumes when the driver kicks the RX queue.
                 return;
             }
-            if let Some(fault) = ring_placement_fault(ring.get_queue(), &*mem) {
-                guest_warn!(
-                    "{}: queue {}: {fault}; not served until the front end sets the ring up again",
-                    inner.name,
-                    2 * pair
-                );
+            if !ring_servable(&inner.name, 2 * pair, ring.get_queue(), &*mem) {
                 return;
             }
             let run = rx.process(
@@ -214,17 +209,9 @@ impl NetBackend {
             }
         } else if event == TX_EVENT {
             let mut ring = tx_ring.get_mut();
-            let fault = ring
-                .get_queue()
-                .ready()
-                .then(|| ring_placement_fault(ring.get_queue(), &*mem))
-                .flatten();
-            if let Some(fault) = fault {
-                guest_warn!(
-                    "{}: queue {}: {fault}; not served until the front end sets the ring up again",
-                    inner.name,
-                    2 * pair + 1
-                );
+            if ring.get_queue().ready()
+                && !ring_servable(&inner.name, 2 * pair + 1, ring.get_queue(), &*mem)
+            {
                 return;
             }
             let before = ring.get_queue().next_avail();

@@ -170,3 +170,24 @@ fn stop_on_signals<D: DaemonDevice>(device: D, socket: PathBuf) {
         std::process::exit(0);
     });
 }
+
+/// Whether ring `index` (`q`), as the front end placed it in `mem`, may be
+/// served; logs why not (rate-limited). A front end other than vmm's may
+/// give any addresses, and the daemon has no transport to check them when
+/// the driver activates the device.
+pub(super) fn ring_servable<M: vm_memory::GuestMemoryBackend>(
+    name: &str,
+    index: usize,
+    q: &virtio_queue::Queue,
+    mem: &M,
+) -> bool {
+    match crate::virtio::ring_placement_fault(q, mem) {
+        None => true,
+        Some(fault) => {
+            crate::guest_warn!(
+                "{name}: queue {index}: {fault}; not served until the front end sets the ring up again"
+            );
+            false
+        }
+    }
+}

@@ -144,7 +144,6 @@ fn tx_many_frames_in_order() {
 #[test]
 fn tx_with_the_available_ring_at_guest_address_0() {
     use std::io::Read;
-    use std::os::fd::FromRawFd;
 
     use crate::ram::GuestRam;
     use crate::virtio::net::{process_tx, NetCounters, Tap};
