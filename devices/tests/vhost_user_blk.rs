@@ -165,16 +165,21 @@ fn image(dir: &Path, size: u64) -> PathBuf {
     p
 }
 
+/// A zeroed image of `size` bytes in a new scratch directory, and the daemon
+/// serving it on a socket there with `extra` options.
+fn serve_image(tag: &str, size: u64, extra: &[&str]) -> (Scratch, PathBuf, PathBuf, Daemon) {
+    let dir = Scratch::new(tag);
+    let img = image(&dir.0, size);
+    let sock = dir.0.join("blk.sock");
+    let mut args = vec!["--image", img.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let d = Daemon::start(DAEMON, &sock, &args);
+    (dir, img, sock, d)
+}
+
 #[test]
 fn writes_reach_the_image_reads_come_back_and_the_call_eventfd_fires() {
-    let dir = Scratch::new("rw");
-    let img = image(&dir.0, 4 * MIB);
-    let sock = dir.0.join("blk.sock");
-    let mut d = Daemon::start(
-        DAEMON,
-        &sock,
-        &["--image", img.to_str().unwrap(), "--serial", "disk-7"],
-    );
+    let (_dir, img, sock, mut d) = serve_image("rw", 4 * MIB, &["--serial", "disk-7"]);
     let mut f = Front::shared(&sock);
     d.wait_for("front end 1 connected");
 
@@ -219,14 +224,7 @@ fn writes_reach_the_image_reads_come_back_and_the_call_eventfd_fires() {
 
 #[test]
 fn with_direct_aligned_and_unaligned_requests_both_reach_the_image() {
-    let dir = Scratch::new("direct");
-    let img = image(&dir.0, 4 * MIB);
-    let sock = dir.0.join("blk.sock");
-    let d = Daemon::start(
-        DAEMON,
-        &sock,
-        &["--image", img.to_str().unwrap(), "--direct"],
-    );
+    let (_dir, img, sock, d) = serve_image("direct", 4 * MIB, &["--direct"]);
     assert!(
         d.seen.iter().any(|l| l.contains("O_DIRECT")),
         "{:?}",
@@ -274,14 +272,7 @@ fn readonly_offers_ro_and_refuses_writes_leaving_the_image_alone() {
 
 #[test]
 fn several_queues_are_offered_and_each_is_served() {
-    let dir = Scratch::new("mq");
-    let img = image(&dir.0, 4 * MIB);
-    let sock = dir.0.join("blk.sock");
-    let _d = Daemon::start(
-        DAEMON,
-        &sock,
-        &["--image", img.to_str().unwrap(), "--queues", "2"],
-    );
+    let (_dir, _img, sock, _d) = serve_image("mq", 4 * MIB, &["--queues", "2"]);
     let data = pattern(4096, 13);
     let mut f = Front::connect_ring(&sock, &BackingSpec::memfd(true), 2, 1).unwrap();
     assert_ne!(f.conn.offered_features() & MQ, 0, "VIRTIO_BLK_F_MQ offered");
@@ -298,10 +289,7 @@ fn several_queues_are_offered_and_each_is_served() {
 
 #[test]
 fn discard_punches_the_range_back_to_zeroes() {
-    let dir = Scratch::new("discard");
-    let img = image(&dir.0, 4 * MIB);
-    let sock = dir.0.join("blk.sock");
-    let _d = Daemon::start(DAEMON, &sock, &["--image", img.to_str().unwrap()]);
+    let (_dir, _img, sock, _d) = serve_image("discard", 4 * MIB, &[]);
     let mut f = Front::shared(&sock);
     let data = pattern(8192, 17);
     assert_eq!(
@@ -320,10 +308,7 @@ fn discard_punches_the_range_back_to_zeroes() {
 
 #[test]
 fn a_second_front_end_is_served_after_the_first_goes_away() {
-    let dir = Scratch::new("reconnect");
-    let img = image(&dir.0, 4 * MIB);
-    let sock = dir.0.join("blk.sock");
-    let mut d = Daemon::start(DAEMON, &sock, &["--image", img.to_str().unwrap()]);
+    let (_dir, _img, sock, mut d) = serve_image("reconnect", 4 * MIB, &[]);
     let data = pattern(4096, 9);
     {
         let mut f = Front::shared(&sock);
@@ -344,10 +329,7 @@ fn a_second_front_end_is_served_after_the_first_goes_away() {
 
 #[test]
 fn ram_offered_through_a_read_only_fd_is_refused_with_the_reason() {
-    let dir = Scratch::new("rofd");
-    let img = image(&dir.0, MIB);
-    let sock = dir.0.join("blk.sock");
-    let mut d = Daemon::start(DAEMON, &sock, &["--image", img.to_str().unwrap()]);
+    let (dir, _img, sock, mut d) = serve_image("rofd", MIB, &[]);
     // A template clone's RAM: the template's file opened read-only. vmm's
     // own front end refuses such RAM before connecting, so this speaks the
     // protocol directly, as a front end without that check would.
@@ -392,10 +374,7 @@ fn a_front_end_with_private_ram_is_reported_instead_of_a_silent_hang() {
     // What QEMU does with memory-backend-file,share=off: the guest's RAM is
     // a private mapping of a file, and the file's fd is what the back end
     // gets. Mapping it works; the driver's writes just never show.
-    let dir = Scratch::new("private");
-    let img = image(&dir.0, MIB);
-    let sock = dir.0.join("blk.sock");
-    let mut d = Daemon::start(DAEMON, &sock, &["--image", img.to_str().unwrap()]);
+    let (dir, _img, sock, mut d) = serve_image("private", MIB, &[]);
     let mut p = PrivateFront::connect(&sock, &dir.0.join("memory"), 1);
     let mut q = DriverQueue::new(p.ram.memory(), GuestAddress(RING), 64);
     let (kick, _call) = p.start_ring(0, &q);
@@ -411,10 +390,7 @@ fn a_front_end_with_private_ram_is_reported_instead_of_a_silent_hang() {
 
 #[test]
 fn sigterm_syncs_removes_the_socket_and_exits_zero() {
-    let dir = Scratch::new("term");
-    let img = image(&dir.0, MIB);
-    let sock = dir.0.join("blk.sock");
-    let mut d = Daemon::start(DAEMON, &sock, &["--image", img.to_str().unwrap()]);
+    let (_dir, _img, sock, mut d) = serve_image("term", MIB, &[]);
     let mut f = Front::shared(&sock);
     let (status, _) = f.request(VIRTIO_BLK_T_OUT, 0, Some((&pattern(512, 1), true)));
     assert_eq!(status, VIRTIO_BLK_S_OK as u8);
@@ -465,10 +441,7 @@ fn bad_options_get_one_clear_line_and_status_2() {
 
 #[test]
 fn a_used_ring_over_the_available_ring_is_reported_and_not_served() {
-    let dir = Scratch::new("overlap");
-    let img = image(&dir.0, MIB);
-    let sock = dir.0.join("blk.sock");
-    let mut d = Daemon::start(DAEMON, &sock, &["--image", img.to_str().unwrap()]);
+    let (_dir, img, sock, mut d) = serve_image("overlap", MIB, &[]);
     // A front end other than vmm's may hand over any addresses: here the
     // device's used entries would land on the available ring it reads.
     let mut f = Front::connect_laid_out(&sock, &BackingSpec::memfd(true), 1, 0, |r| RingAddrs {
