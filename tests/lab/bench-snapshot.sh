@@ -16,10 +16,9 @@
 # One line per run:
 #   LAB-SNAPBENCH <vmm> <mode> <run> ok size=<bytes> save_ms=<ms> running=<s> output=<s>
 #   LAB-SNAPBENCH <vmm> <mode> <run> fail <why>
-arg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^$1=//p" | tail -n1; }
-runs=$(arg lab.bench_runs)
+runs=$(lab_arg lab.bench_runs)
 runs=${runs:-5}
-vmms=$(arg lab.bench_vmms | tr , ' ')
+vmms=$(lab_arg lab.bench_vmms | tr , ' ')
 cmdline="console=ttyS0 panic=-1 quiet lab.scenario=bench-snap"
 ctl() { vmm ctl --qmp "$1" --timeout 60 "$2" ${3:+"$3"}; }
 status_of() { sed -n 's/.*"status": "\([a-z-]*\)".*/\1/p' | head -n1; }

@@ -32,12 +32,11 @@
 #   LAB-TPLBENCH <vmm> clone-<size> <run> ok running=<s> tick=<s> [read_ms=<ms>]
 #   LAB-TPLBENCH <vmm> mem-<cold|clone> 0 ok n=<n> added_kb=<kB> ... pss_kb=<a,b,...>
 #   LAB-TPLBENCH <vmm> <what> <run> fail <why>
-arg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^$1=//p" | tail -n1; }
-runs=$(arg lab.bench_runs)
+runs=$(lab_arg lab.bench_runs)
 runs=${runs:-5}
-vmms=$(arg lab.bench_vmms | tr , ' ')
+vmms=$(lab_arg lab.bench_vmms | tr , ' ')
 vmms=${vmms:-vmm qemu}
-nmem=$(arg lab.bench_mem_vms)
+nmem=$(lab_arg lab.bench_mem_vms)
 nmem=${nmem:-10}
 cmdline="console=ttyS0 panic=-1 quiet lab.scenario=bench-tpl"
 W=/tmp/tb

@@ -5,9 +5,8 @@
 # start to LAB-L2-BOOTED on its serial output. One line per run:
 #   LAB-BENCH <vmm> <run> ok boot=<s> exit=<s>
 #   LAB-BENCH <vmm> <run> fail <why>
-arg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^$1=//p" | tail -n1; }
-runs=$(arg lab.bench_runs)
-vmms=$(arg lab.bench_vmms | tr , ' ')
+runs=$(lab_arg lab.bench_runs)
+vmms=$(lab_arg lab.bench_vmms | tr , ' ')
 for i in $(seq 1 "${runs:-5}"); do
     for LAB_VMM in ${vmms:-vmm qemu}; do
         lab_l2 /tmp/bench.log 120 --cpus 2 --mem 256M >/dev/null

@@ -13,12 +13,11 @@
 #   LAB-RATE <vmm> <n> reset|hang|exit-<status>|no-marker <what the guest printed last>
 # and, after a failure, LAB-RATE-DUMP (vmm's vCPU dump) and LAB-RATE-TRACE
 # (the last exits) lines.
-arg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^$1=//p" | tail -n1; }
-boots=$(arg lab.rate_boots)
+boots=$(lab_arg lab.rate_boots)
 boots=${boots:-50}
-vmms=$(arg lab.rate_vmms | tr , ' ')
+vmms=$(lab_arg lab.rate_vmms | tr , ' ')
 vmms=${vmms:-vmm qemu}
-trace=$(arg lab.rate_trace)
+trace=$(lab_arg lab.rate_trace)
 T=/sys/kernel/tracing
 
 if [ "$trace" = 1 ]; then

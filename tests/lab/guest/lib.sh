@@ -22,6 +22,8 @@ lab_result() {
 lab_pass() { lab_result PASS "${LAB_L2_RERUN:-}$*"; }
 lab_fail() { lab_result FAIL "$*"; }
 lab_uptime() { cut -d' ' -f1 /proc/uptime; }
+# lab_arg NAME: the value of NAME= on L1's kernel command line (the last one).
+lab_arg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^$1=//p" | tail -n1; }
 # Seconds (two decimals) from uptime $1 to now.
 lab_since() { awk -v a="$1" -v b="$(lab_uptime)" 'BEGIN { printf "%.2f", b - a }'; }
 lab_log() { echo "LAB-LOG $LAB_SCENARIO: $*"; }
