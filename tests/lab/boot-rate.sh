@@ -13,6 +13,21 @@
 #   LAB-RATE <vmm> <n> reset|hang|exit-<status>|no-marker <what the guest printed last>
 # and, after a failure, LAB-RATE-DUMP (vmm's vCPU dump) and LAB-RATE-TRACE
 # (the last exits) lines.
+# lab.rate_scenario=balloon runs the "balloon" scenario's L2 instead
+# (balloon.common.sh: inflation to a target, 100 MiB filled and freed with
+# free page reporting, deflation; the guest powers off when done).
+scenario=$(lab_arg lab.rate_scenario)
+scenario=${scenario:-boot}
+case $scenario in
+boot) l2_args="--cpus 2 --mem 256M" limit=900 ;;
+balloon)
+    . /lab/scenarios/balloon.common.sh
+    l2_args="--cpus 2 --mem $BALLOON_MEM --insmod virtio_mmio"
+    l2_args="$l2_args --balloon free-page-reporting=on,deflate-on-oom=on,target=$BALLOON_TARGET"
+    limit=2000 ;;
+template) . /lab/scenarios/template.common.sh ;;
+*) lab_fail "lab.rate_scenario=$scenario: use boot, balloon or template" ;;
+esac
 boots=$(lab_arg lab.rate_boots)
 boots=${boots:-50}
 vmms=$(lab_arg lab.rate_vmms | tr , ' ')
@@ -22,10 +37,54 @@ T=/sys/kernel/tracing
 
 if [ "$trace" = 1 ]; then
     mount -t tracefs nodev $T 2>/dev/null
-    echo 256 >$T/buffer_size_kb
-    for e in kvm_exit kvm_inj_exception kvm_msr; do
-        echo 1 >$T/events/kvm/$e/enable || lab_fail "cannot enable the tracepoint kvm:$e"
+    echo 1024 >$T/buffer_size_kb
+    for e in kvm_exit kvm_inj_exception kvm_msr kvm_page_fault kvm_userspace_exit; do
+        echo 1 >$T/events/kvm/$e/enable || lab_log "no tracepoint kvm:$e in this kernel"
     done
+fi
+
+# lab.rate_scenario=template: the "template" scenario's clones. One
+# template is made (as template.sh makes it), then each round starts 5
+# clones at once and prints one LAB-RATE line per clone, numbered by the
+# round: ok (it printed its own id from disk and RAM and powered off),
+# reset, hang (still running after 150 s) or another exit.
+if [ "$scenario" = template ]; then
+    src=/tmp/tpl-src.img
+    dd if=/dev/zero of=$src bs=1M count=$TPL_DISK_MIB 2>/dev/null
+    tpl_create /tmp/tpl /tmp/tpl.out --cmdline \
+        "console=ttyS0 panic=-1 quiet lab.scenario=template lab.insmod=virtio_mmio,virtio_blk" \
+        --cpus 1 --memory size=128M --disk path=$src,id=vda --serial file=/tmp/tpl.serial ||
+        lab_fail "vmm template create exited $LAB_VMM_STATUS: $(tail -n 3 /tmp/tpl.out | tr '\n' '|')"
+    lab_log "template made in $TPL_CREATE_S s"
+    n=0
+    while [ $n -lt "$boots" ]; do
+        n=$((n + 1))
+        [ "$trace" = 1 ] && : >$T/trace
+        for i in 1 2 3 4 5; do
+            rm -f /tmp/clone$i.img
+            tpl_clone_start $i $i --dir /tmp/tpl --disk id=vda,path=/tmp/clone$i.img
+        done
+        tpl_clone_wait 5 170 || lab_fail "round $n: clones still running 20 s after their timeout"
+        for i in 1 2 3 4 5; do
+            st=$(cat /tmp/clone$i.status 2>/dev/null)
+            line=$(tr -d '\r' </tmp/clone$i.out | grep -m1 '^LAB-CLONE id=')
+            if [ "$line" = "LAB-CLONE id=$i disk=CLONE $i mem=CLONE $i" ] && [ "$st" = 0 ]; then
+                echo "LAB-RATE vmm $n ok booted=$(tpl_start_s $i)"
+                continue
+            fi
+            case $st in
+            3) kind=reset ;;
+            124) kind=hang ;;
+            *) kind=exit-$st ;;
+            esac
+            echo "LAB-RATE vmm $n $kind clone $i; printed [$line]; last: $(tail -n 2 /tmp/clone$i.out | tr -d '\r' | tr '\n' '|')"
+            lab_dump_lines /tmp/clone$i.err | sed 's/^/LAB-RATE-DUMP /'
+            [ "$trace" = 1 ] && [ $kind = reset ] && lab_kvm_trace_why | sed 's/^LAB-KVM-TRACE/LAB-RATE-TRACE/'
+            cp /tmp/clone$i.err "/tmp/rate.clone.$n.$i.fail"
+        done
+    done
+    lab_pass "$boots round(s) of 5 clones"
+    exit 0
 fi
 
 # A line of the guest's own output, for a failure's description.
@@ -40,16 +99,26 @@ while [ $n -lt "$boots" ]; do
     for v in $vmms; do
         log=/tmp/rate.$v.out
         LAB_VMM=$v
-        LAB_SCENARIO=boot
-        lab_l2_cmd --cpus 2 --mem 256M || lab_fail "lab_l2_cmd failed for $v"
+        LAB_SCENARIO=$scenario
+        # shellcheck disable=SC2086 # l2_args holds separate options
+        lab_l2_cmd $l2_args || lab_fail "lab_l2_cmd failed for $v"
         LAB_SCENARIO=boot-rate
         [ "$trace" = 1 ] && : >$T/trace
+        if [ -n "$LAB_L2_MONITOR" ]; then
+            rm -f "$LAB_L2_MONITOR.in" "$LAB_L2_MONITOR.out"
+            mkfifo "$LAB_L2_MONITOR.in" "$LAB_L2_MONITOR.out"
+        fi
         t0=$(lab_uptime)
         # exec, so that $! is the VMM itself.
         eval "exec $LAB_L2_CMD" </dev/null >"$log" 2>&1 &
         pid=$!
+        if [ -n "$LAB_L2_MONITOR" ]; then
+            # QEMU takes the balloon target from its monitor (lab_l2_start).
+            cat "$LAB_L2_MONITOR.out" >/dev/null &
+            echo "balloon $LAB_L2_BALLOON_MIB" >"$LAB_L2_MONITOR.in" &
+        fi
         status=""
-        for _i in $(seq 900); do
+        for _i in $(seq $limit); do
             kill -0 $pid 2>/dev/null || break
             sleep 0.1
         done
@@ -76,8 +145,10 @@ while [ $n -lt "$boots" ]; do
         fi
         echo "LAB-RATE $v $n $kind after $(lab_since "$t0") s; last: $(last_marker "$log")"
         lab_dump_lines "$log" | sed 's/^/LAB-RATE-DUMP /'
-        if [ "$trace" = 1 ]; then
-            grep -v '^#' $T/trace | tail -n 25 | cut -c1-200 | sed 's/^/LAB-RATE-TRACE /'
+        if [ "$trace" = 1 ] && [ $kind = reset ]; then
+            lab_kvm_trace_why | sed 's/^LAB-KVM-TRACE/LAB-RATE-TRACE/'
+        elif [ "$trace" = 1 ]; then
+            grep -v '^#' $T/trace | tail -n 40 | cut -c1-200 | sed 's/^/LAB-RATE-TRACE /'
         fi
         cp "$log" "/tmp/rate.$v.$n.fail"
     done

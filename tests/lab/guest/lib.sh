@@ -122,6 +122,24 @@ lab_dump_why() {
     [ -z "$_d" ] || printf '; vCPU dump: %s\n' "$_d"
 }
 
+# KVM's tracepoints in L1 (guest/l1-init enables them unless
+# lab.kvm_trace=0): on an AMD host KVM reinitialises a vCPU's VMCB when it
+# shuts down (triple fault), so vmm's dump after a reset shows the reset
+# state, while the trace still has the exits that led there.
+LAB_KVM_TRACE=/sys/kernel/tracing/trace
+
+# lab_kvm_trace_why: the last exits of the vCPU thread that shut down
+# (the latest kvm_exit with reason "shutdown"), as LAB-KVM-TRACE lines on
+# L1's console, which the host runner shows as evidence. Prints nothing
+# without a trace or a shutdown in it.
+lab_kvm_trace_why() {
+    [ -r "$LAB_KVM_TRACE" ] || return 0
+    grep -v '^#' "$LAB_KVM_TRACE" >/tmp/lab-kvm-trace 2>/dev/null || return 0
+    _task=$(grep 'kvm_exit: .*reason shutdown' /tmp/lab-kvm-trace | tail -n 1 | awk '{ print $1 }')
+    [ -n "$_task" ] || { echo "LAB-KVM-TRACE no shutdown exit in the trace ($(wc -l </tmp/lab-kvm-trace) events)"; return 0; }
+    awk -v t="$_task" '$1 == t' /tmp/lab-kvm-trace | tail -n 30 | cut -c1-220 | sed 's/^ */LAB-KVM-TRACE /'
+}
+
 # The retries below hide a failure, so each one is counted: the line
 # LAB-L2-RESET-RETRY goes to the host runner, which prints every retry in
 # its summary and fails the run when more than one scenario needed one.
@@ -143,6 +161,7 @@ lab_l2_retry() {
     LAB_L2_RERUN="second L2 run, the first was reset: $_why$(lab_dump_why "$LAB_L2_LOG"); "
     cp "$LAB_L2_LOG" "$LAB_L2_LOG-reset"
     lab_dump_markers "$LAB_L2_LOG"
+    lab_kvm_trace_why
     echo "LAB-L2-RESET-RETRY $LAB_SCENARIO: vmm exited 3 (the guest was reset): $_why"
     lab_log "L2 was reset (status 3): running it once more"
     "$@"
@@ -162,6 +181,7 @@ lab_reset_retry() {
     LAB_L2_RERUN="second L2 run, the first was reset: $_why$(lab_dump_why "$_out"); "
     cp "$_out" "$_out-reset"
     lab_dump_markers "$_out"
+    lab_kvm_trace_why
     echo "LAB-L2-RESET-RETRY $LAB_SCENARIO: vmm exited 3 (the guest was reset) before it was ready: $_why"
     lab_log "L2 was reset (status 3) before it was ready: running it once more"
     "$@"

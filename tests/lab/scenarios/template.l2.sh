@@ -8,7 +8,11 @@
 . /lab/scenarios/template.common.sh
 [ -b /dev/vda ] || { echo "LAB-CLONE-MISSING /dev/vda; disks: $(ls /sys/block | tr '\n' ' ')"; exit 1; }
 echo "$TPL_READY"
-read -r id
+read -r id action
+# "ID reset" (lab.tpl_reset_clone=ID, template.sh) resets this clone at
+# once, as an unasked reset would: how the lab's retry of a reset clone
+# is tested.
+[ "$action" = reset ] && echo b >/proc/sysrq-trigger
 mark="CLONE $id"
 printf '%s' "$mark" | dd of=/dev/vda bs=512 seek=$TPL_SECTOR conv=sync,notrunc,fsync oflag=direct 2>/dev/null ||
     echo "LAB-CLONE-WRITE-FAILED id=$id"
