@@ -10,6 +10,7 @@ pub mod balloon;
 pub mod block;
 pub mod chain;
 mod common;
+pub mod counter;
 mod interrupt;
 pub mod mem;
 pub mod net;

@@ -17,6 +17,7 @@ use super::config::BalloonConfig;
 use crate::ram::{DiscardError, GuestMemoryMmap, GuestRam, RegionRole, PAGE_SIZE};
 use crate::size::format_size;
 use crate::virtio::chain::{add_used, pop_chain, Chain};
+use crate::virtio::counter::bump;
 use crate::virtio::{
     read_config_bytes, ActivateError, VirtioCommon, VirtioDevice, TYPE_BALLOON,
     VIRTIO_RING_F_EVENT_IDX,
@@ -628,7 +629,7 @@ impl Balloon {
             },
         };
         if let Err(e) = result {
-            self.counters.malformed_chains += 1;
+            bump(&mut self.counters.malformed_chains, 1);
             burst.malformed(e);
         }
         Disposition::Complete
@@ -701,7 +702,7 @@ impl Balloon {
         let inside: u64 = spans.iter().map(|(_, l)| l).sum();
         let outside = (len - inside) / PAGE_SIZE;
         if outside > 0 {
-            self.counters.invalid_pfns += outside;
+            bump(&mut self.counters.invalid_pfns, outside);
             burst.invalid(|| {
                 format!(
                     "PFNs {pfn:#x}..{:#x} ({} page(s) not in guest RAM)",
@@ -712,7 +713,7 @@ impl Balloon {
         }
         match role {
             BalloonQueue::Inflate => {
-                self.counters.inflated_pages += inside / PAGE_SIZE;
+                bump(&mut self.counters.inflated_pages, inside / PAGE_SIZE);
                 for (a, l) in spans {
                     self.discard(ram, a, l, burst);
                 }
@@ -720,7 +721,7 @@ impl Balloon {
             // Nothing to do for the memory: without MUST_TELL_HOST the
             // guest may already be using these pages again, and a discarded
             // page simply faults back in (zeroed) when touched.
-            _ => self.counters.deflated_pages += inside / PAGE_SIZE,
+            _ => bump(&mut self.counters.deflated_pages, inside / PAGE_SIZE),
         }
     }
 
@@ -748,11 +749,11 @@ impl Balloon {
             if inside != len {
                 // Part of the range is not RAM: the driver is confused, so
                 // none of it is touched.
-                self.counters.invalid_reports += 1;
+                bump(&mut self.counters.invalid_reports, 1);
                 burst.invalid(|| format!("reported range {addr:#x}+{len:#x}"));
                 continue;
             }
-            self.counters.reported_bytes += len;
+            bump(&mut self.counters.reported_bytes, len);
             for (a, l) in spans {
                 self.discard(ram, a, l, burst);
             }
@@ -794,7 +795,7 @@ impl Balloon {
         }
         debug!("balloon statsq: {} statistics from the driver", stats.len());
         self.stats = stats;
-        self.counters.stats_updates += 1;
+        bump(&mut self.counters.stats_updates, 1);
         Ok(())
     }
 
@@ -802,10 +803,10 @@ impl Balloon {
     /// cannot honour; a refusal is counted and logged, never ignored.
     fn discard(&mut self, ram: &GuestRam, addr: u64, len: u64, burst: &mut Burst) {
         match ram.discard(GuestAddress(addr), len) {
-            Ok(()) => self.counters.discarded_bytes += len,
+            Ok(()) => bump(&mut self.counters.discarded_bytes, len),
             Err(e) => {
-                self.counters.discard_refusals += 1;
-                self.counters.refused_bytes += len;
+                bump(&mut self.counters.discard_refusals, 1);
+                bump(&mut self.counters.refused_bytes, len);
                 burst.refused(len, e);
             }
         }

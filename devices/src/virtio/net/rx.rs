@@ -7,6 +7,7 @@
 use std::io;
 use std::sync::atomic::{fence, Ordering};
 
+use crate::virtio::counter::bump;
 use crate::{guest_warn, host_error, host_warn};
 use log::debug;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -91,7 +92,7 @@ impl RxQueue {
                             "net {id}: {n}-byte read from TAP {:?} is shorter than a virtio-net header; dropped",
                             tap.name()
                         );
-                        counters.rx_dropped += 1;
+                        bump(&mut counters.rx_dropped, 1);
                         continue;
                     }
                     Ok(n) => {
@@ -174,7 +175,7 @@ impl RxQueue {
                     // The buffer is fine, just too small for this packet:
                     // keep it for the next one.
                     q.go_to_previous_position();
-                    counters.rx_dropped += 1;
+                    bump(&mut counters.rx_dropped, 1);
                     debug!(
                         "net {id}: {len}-byte packet does not fit a {}-byte RX buffer; dropped",
                         c.cap
@@ -187,7 +188,7 @@ impl RxQueue {
                 }
                 Err(why) => {
                     guest_warn!("net {id}: RX chain {head}: {why}; returned unused");
-                    counters.rx_bad_chains += 1;
+                    bump(&mut counters.rx_bad_chains, 1);
                     if first {
                         put_used(q, mem, head, 0, id);
                         continue;
@@ -199,7 +200,7 @@ impl RxQueue {
                         put_used(q, mem, c.head, 0, id);
                     }
                     put_used(q, mem, head, 0, id);
-                    counters.rx_dropped += 1;
+                    bump(&mut counters.rx_dropped, 1);
                     return RxOutcome::Dropped;
                 }
             }
@@ -232,8 +233,8 @@ impl RxQueue {
             }
             put_used(q, mem, c.head, written as u32, id);
         }
-        counters.rx_packets += 1;
-        counters.rx_bytes += (len - VNET_HDR_LEN) as u64;
+        bump(&mut counters.rx_packets, 1);
+        bump(&mut counters.rx_bytes, (len - VNET_HDR_LEN) as u64);
         RxOutcome::Delivered
     }
 }

@@ -15,6 +15,7 @@ use super::device::{NetCounters, MAX_PACKET_LEN};
 use super::ring::{avail_overrun, put_used, BadChain, QueueRun};
 use super::tap::{Tap, VNET_HDR_LEN};
 use crate::virtio::chain::{pop_chain, Chain};
+use crate::virtio::counter::bump;
 
 /// writev refuses more than IOV_MAX segments.
 const MAX_IOVECS: usize = 1024;
@@ -53,15 +54,15 @@ pub fn process_tx<M: GuestMemoryBackend>(
             let head = chain.head_index();
             match transmit(tap, mem, chain) {
                 Ok(frame_len) => {
-                    counters.tx_packets += 1;
-                    counters.tx_bytes += frame_len as u64;
+                    bump(&mut counters.tx_packets, 1);
+                    bump(&mut counters.tx_bytes, frame_len as u64);
                 }
                 Err(e @ TxDrop::Tap(_)) => {
-                    counters.tx_dropped += 1;
+                    bump(&mut counters.tx_dropped, 1);
                     host_warn!("net {id}: TX chain {head} dropped: {e}");
                 }
                 Err(e) => {
-                    counters.tx_dropped += 1;
+                    bump(&mut counters.tx_dropped, 1);
                     guest_warn!("net {id}: TX chain {head} dropped: {e}");
                 }
             }

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::virtio::balloon::{BalloonState, MAX_STATS_ENTRIES, VIRTIO_BALLOON_F_STATS_VQ};
+use crate::virtio::balloon::{
+    BalloonCounters, BalloonState, MAX_STATS_ENTRIES, VIRTIO_BALLOON_F_STATS_VQ,
+};
 use crate::virtio::persist::{encode, Persist, PersistError};
 use crate::virtio::testing::InterruptLog;
 use crate::virtio::{InterruptKind, TYPE_BALLOON, TYPE_NET};
@@ -215,4 +217,41 @@ fn mismatches_are_refused() {
         restore_state(&rig, &s),
         Err(PersistError::WrongDevice { .. })
     ));
+}
+
+/// Counters come back from the snapshot as they were saved, whatever they
+/// hold; a device restored with them at the maximum goes on working and
+/// keeps them there (fuzzing found the panic: `device_state`,
+/// `balloon-counters-at-the-maximum`).
+#[test]
+fn counters_restored_at_the_maximum_stay_there() {
+    let rig = busy_rig();
+    let mut s = rig.dev.save();
+    s.counters = BalloonCounters {
+        inflated_pages: u64::MAX,
+        deflated_pages: u64::MAX,
+        reported_bytes: u64::MAX,
+        discarded_bytes: u64::MAX,
+        discard_refusals: u64::MAX,
+        refused_bytes: u64::MAX,
+        invalid_pfns: u64::MAX,
+        invalid_reports: u64::MAX,
+        malformed_chains: u64::MAX,
+        stats_updates: u64::MAX,
+    };
+    let mut dev = restore_state(&rig, &s).expect("restore");
+    let irq = Arc::new(InterruptLog::default());
+    dev.common_mut().interrupt = Some(irq.clone());
+    let mut rig = rig;
+    rig.dev = dev;
+    rig.irq = irq;
+
+    assert!(rig.dev.request_stats());
+    rig.post_stats(&[(4, 42)]);
+    rig.fill_page(320, 9);
+    assert_eq!(rig.inflate(&[320, RAM_PAGES + 1]), vec![(1, 0)]);
+    assert!(rig.page_is(320, 0));
+    rig.deflate(&[320]);
+    rig.report(&[(page_addr(330), PAGE_SIZE as u32)]);
+    assert_eq!(rig.dev.save().counters, s.counters);
 }

@@ -59,6 +59,39 @@ fn a_held_packet_counters_and_offloads_survive_save_and_restore() {
     });
 }
 
+/// Counters come back as saved, whatever they hold: restored at the
+/// maximum, the device goes on receiving and keeps them there (the same
+/// panic fuzzing found in the balloon's).
+#[test]
+fn counters_restored_at_the_maximum_stay_there() {
+    in_netns(|| {
+        add_tap("tnet0", HOST_MAC, None);
+        let host = PacketSocket::bind("tnet0");
+        let mut g = Guest::new(256);
+        let frame = test_frame(GUEST_MAC, HOST_MAC, 5, 700);
+        let (bytes, _) = saved_with_pending(&mut g, &host, &frame);
+        let mut state: NetState = crate::virtio::persist::decode(&bytes, TYPE_NET, 1..=1).unwrap();
+        let max = NetCounters {
+            rx_packets: u64::MAX,
+            rx_bytes: u64::MAX,
+            rx_dropped: u64::MAX,
+            rx_bad_chains: u64::MAX,
+            tx_packets: u64::MAX,
+            tx_bytes: u64::MAX,
+            tx_dropped: u64::MAX,
+        };
+        state.counters = max;
+        let bytes = encode(TYPE_NET, 1, &state);
+        let mut dev =
+            retry_busy(|| Net::restore_bytes((config("tnet0"), g.ram.clone()), &bytes)).unwrap();
+        dev.common_mut().interrupt = Some(Arc::new(InterruptLog::default()));
+        g.post_rx(&[2048]);
+        dev.queue_notify(RX_QUEUE);
+        assert_eq!(&g.rx_used()[0].2[12..], &frame[..]);
+        assert_eq!(dev.counters(), max);
+    });
+}
+
 /// Clones of one snapshot each need their own TAP: the TAP may change, the MAC may not.
 #[test]
 fn restore_onto_another_tap() {
