@@ -16,7 +16,7 @@ clone_identity_run() {
     lab_reset_retry /tmp/tpl.out tpl_create $D /tmp/tpl.out --cmdline "$cmdline" --cpus 1 --memory size=128M \
         --serial file=/tmp/tpl.serial ||
         lab_fail "vmm template create exited $LAB_VMM_STATUS after $TPL_CREATE_S s: $(tail -n 3 /tmp/tpl.out | tr '\n' '|'); guest: $(tail -n 3 /tmp/tpl.serial | tr -d '\r' | tr '\n' '|')"
-    ready=$(tr -d '\r' </tmp/tpl.serial | sed -n "s/^$TPL_READY uptime=//p" | head -n1)
+    ready=$(tr -d '\r' </tmp/tpl.serial | sed -n "s/.*$TPL_READY uptime=\([0-9.]*\).*/\1/p" | head -n1)
     lab_log "template made in $TPL_CREATE_S s, ready at guest uptime $ready"
 
     # Two at a time: the fewer clones compete for L1's two vCPUs, the less
