@@ -51,9 +51,7 @@ fi
 if [ "$scenario" = template ]; then
     src=/tmp/tpl-src.img
     dd if=/dev/zero of=$src bs=1M count=$TPL_DISK_MIB 2>/dev/null
-    tpl_create /tmp/tpl /tmp/tpl.out --cmdline \
-        "console=ttyS0 panic=-1 quiet lab.scenario=template lab.insmod=virtio_mmio,virtio_blk" \
-        --cpus 1 --memory size=128M --disk path=$src,id=vda --serial file=/tmp/tpl.serial ||
+    tpl_create_disk_guest /tmp/tpl /tmp/tpl.out $src ||
         lab_fail "vmm template create exited $LAB_VMM_STATUS: $(tail -n 3 /tmp/tpl.out | tr '\n' '|')"
     lab_log "template made in $TPL_CREATE_S s"
     n=0
@@ -67,8 +65,8 @@ if [ "$scenario" = template ]; then
         tpl_clone_wait 5 170 || lab_fail "round $n: clones still running 20 s after their timeout"
         for i in 1 2 3 4 5; do
             st=$(cat /tmp/clone$i.status 2>/dev/null)
-            line=$(tr -d '\r' </tmp/clone$i.out | grep -m1 '^LAB-CLONE id=')
-            if [ "$line" = "LAB-CLONE id=$i disk=CLONE $i mem=CLONE $i" ] && [ "$st" = 0 ]; then
+            line=$(tpl_clone_line $i)
+            if [ "$line" = "$(tpl_clone_want $i)" ] && [ "$st" = 0 ]; then
                 echo "LAB-RATE vmm $n ok booted=$(tpl_start_s $i)"
                 continue
             fi
@@ -104,19 +102,12 @@ while [ $n -lt "$boots" ]; do
         lab_l2_cmd $l2_args || lab_fail "lab_l2_cmd failed for $v"
         LAB_SCENARIO=boot-rate
         [ "$trace" = 1 ] && : >$T/trace
-        if [ -n "$LAB_L2_MONITOR" ]; then
-            rm -f "$LAB_L2_MONITOR.in" "$LAB_L2_MONITOR.out"
-            mkfifo "$LAB_L2_MONITOR.in" "$LAB_L2_MONITOR.out"
-        fi
+        lab_l2_monitor_fifos
         t0=$(lab_uptime)
         # exec, so that $! is the VMM itself.
         eval "exec $LAB_L2_CMD" </dev/null >"$log" 2>&1 &
         pid=$!
-        if [ -n "$LAB_L2_MONITOR" ]; then
-            # QEMU takes the balloon target from its monitor (lab_l2_start).
-            cat "$LAB_L2_MONITOR.out" >/dev/null &
-            echo "balloon $LAB_L2_BALLOON_MIB" >"$LAB_L2_MONITOR.in" &
-        fi
+        lab_l2_monitor_balloon
         status=""
         for _i in $(seq $limit); do
             kill -0 $pid 2>/dev/null || break

@@ -199,7 +199,7 @@ lab_l2_start() {
     lab_l2_cmd "$@" || return 1
     rm -f "$LAB_L2_LOG".*
     : >"$LAB_L2_LOG"
-    [ -z "$LAB_L2_MONITOR" ] || mkfifo "$LAB_L2_MONITOR.in" "$LAB_L2_MONITOR.out"
+    lab_l2_monitor_fifos
     echo "LAB-LOG $LAB_SCENARIO: L2 by $LAB_VMM: $LAB_L2_CMD"
     LAB_L2_T0=$(lab_uptime)
     {
@@ -235,15 +235,26 @@ lab_l2_start() {
         [ -e "$LAB_L2_LOG.status" ] || kill -9 "$LAB_L2_PID" 2>/dev/null
     ) &
     LAB_L2_WATCHDOG=$!
-    if [ -n "$LAB_L2_MONITOR" ]; then
-        # QEMU sets no balloon target from its command line: it takes it
-        # from its monitor, before the guest's driver reads it.
-        # In the background: opening the FIFO blocks until QEMU has it open,
-        # and forever if QEMU failed to start.
-        cat "$LAB_L2_MONITOR.out" >/dev/null &
-        echo "balloon $LAB_L2_BALLOON_MIB" >"$LAB_L2_MONITOR.in" &
-    fi
+    lab_l2_monitor_balloon
     return 0
+}
+
+# lab_l2_monitor_fifos: before a QEMU L2 that lab_l2_cmd gave a monitor
+# (LAB_L2_MONITOR) starts, makes that monitor's two FIFOs afresh.
+lab_l2_monitor_fifos() {
+    [ -n "$LAB_L2_MONITOR" ] || return 0
+    rm -f "$LAB_L2_MONITOR.in" "$LAB_L2_MONITOR.out"
+    mkfifo "$LAB_L2_MONITOR.in" "$LAB_L2_MONITOR.out"
+}
+
+# lab_l2_monitor_balloon: once that QEMU is started, gives it the balloon
+# target: QEMU sets none from its command line, it takes it from its
+# monitor, before the guest's driver reads it. In the background: opening
+# a FIFO blocks until QEMU has it open, and forever if QEMU failed to start.
+lab_l2_monitor_balloon() {
+    [ -n "$LAB_L2_MONITOR" ] || return 0
+    cat "$LAB_L2_MONITOR.out" >/dev/null &
+    echo "balloon $LAB_L2_BALLOON_MIB" >"$LAB_L2_MONITOR.in" &
 }
 
 # lab_l2_wait: waits until the L2 VMM started by lab_l2_start has exited

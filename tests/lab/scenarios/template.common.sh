@@ -38,6 +38,21 @@ tpl_create() {
     return 1
 }
 
+# tpl_create_disk_guest DIR OUT IMAGE: tpl_create of the "template"
+# scenario's guest (1 vCPU, 128 MiB, IMAGE as its writable disk vda, its
+# console in /tmp/tpl.serial), which template.l2.sh runs.
+tpl_create_disk_guest() {
+    tpl_create "$1" "$2" --cmdline \
+        "console=ttyS0 panic=-1 quiet lab.scenario=template lab.insmod=virtio_mmio,virtio_blk" \
+        --cpus 1 --memory size=128M --disk path="$3",id=vda --serial file=/tmp/tpl.serial
+}
+
+# tpl_clone_line I: clone I's LAB-CLONE line (template.l2.sh), without CR.
+tpl_clone_line() { tr -d '\r' </tmp/clone$1.out | grep -m1 '^LAB-CLONE id='; }
+# tpl_clone_want I: the line clone I prints when its id came back from its
+# disk and from its RAM.
+tpl_clone_want() { echo "LAB-CLONE id=$1 disk=CLONE $1 mem=CLONE $1"; }
+
 # tpl_clone_start I INPUT ARG...: starts `vmm template clone ARG...` in the
 # background with INPUT as its COM1 input and --serial stdio. Its COM1
 # output goes to /tmp/clone$I.out, its stderr to /tmp/clone$I.err, its

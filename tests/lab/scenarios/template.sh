@@ -11,9 +11,7 @@
 . /lab/scenarios/template.common.sh
 D=/tmp/tpl N=5 src=/tmp/tpl-src.img
 dd if=/dev/zero of=$src bs=1M count=$TPL_DISK_MIB 2>/dev/null
-cmdline="console=ttyS0 panic=-1 quiet lab.scenario=template lab.insmod=virtio_mmio,virtio_blk"
-lab_reset_retry /tmp/tpl.out tpl_create $D /tmp/tpl.out --cmdline "$cmdline" --cpus 1 --memory size=128M \
-    --disk path=$src,id=vda --serial file=/tmp/tpl.serial ||
+lab_reset_retry /tmp/tpl.out tpl_create_disk_guest $D /tmp/tpl.out $src ||
     lab_fail "vmm template create exited $LAB_VMM_STATUS after $TPL_CREATE_S s: $(tail -n 3 /tmp/tpl.out | tr '\n' '|'); guest: $(tail -n 3 /tmp/tpl.serial | tr -d '\r' | tr '\n' '|')"
 state=$(stat -c %s $D/state)
 modes=$(cd $D && stat -c '%a' -- * | sort -u | tr '\n' ' ' | sed 's/ $//')
@@ -45,8 +43,8 @@ tpl_clone_wait $N 5 || lab_fail "clones still running after 200 s: $(for i in $(
 times=""
 for i in $(seq $N); do
     st=$(cat /tmp/clone$i.status 2>/dev/null)
-    line=$(tr -d '\r' </tmp/clone$i.out | grep -m1 '^LAB-CLONE id=')
-    want="LAB-CLONE id=$i disk=CLONE $i mem=CLONE $i"
+    line=$(tpl_clone_line $i)
+    want=$(tpl_clone_want $i)
     if [ "$line" != "$want" ] && [ "$st" = 3 ] && [ -z "${LAB_L2_RERUN:-}" ]; then
         # The clone's guest was reset, which nothing here asks for: the
         # lab's rare unasked L2 reset (lab_l2_retry), which one clone per
@@ -62,7 +60,7 @@ for i in $(seq $N); do
         tpl_clone_start $i $i --dir $D --disk id=vda,path=/tmp/clone$i.img
         tpl_clone_wait $N 200 || lab_fail "clone $i, started again, still running after 200 s"
         st=$(cat /tmp/clone$i.status 2>/dev/null)
-        line=$(tr -d '\r' </tmp/clone$i.out | grep -m1 '^LAB-CLONE id=')
+        line=$(tpl_clone_line $i)
     fi
     [ "$line" = "$want" ] || lab_fail "clone $i printed [$line], not [$want]; exit $st; its last lines: $(tail -n 3 /tmp/clone$i.out /tmp/clone$i.err | tr -d '\r' | tr '\n' '|')"
     [ "$st" = 0 ] || lab_fail "clone $i exited $st: $(tail -n 3 /tmp/clone$i.err | tr '\n' '|')"
