@@ -24,6 +24,12 @@ lab_fail() { lab_result FAIL "$*"; }
 lab_uptime() { cut -d' ' -f1 /proc/uptime; }
 # lab_arg NAME: the value of NAME= on L1's kernel command line (the last one).
 lab_arg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^$1=//p" | tail -n1; }
+# LAB_L2_BASE starts every L2 kernel command line. lab.l2_append= on L1's
+# command line (LAB_L2_APPEND on the host, commas for spaces) adds to it:
+# LAB_L2_APPEND=no5lvl runs L2 with 4-level paging.
+LAB_L2_BASE="console=ttyS0 panic=-1"
+_l2_append=$(lab_arg lab.l2_append | tr , ' ')
+[ -z "$_l2_append" ] || LAB_L2_BASE="$LAB_L2_BASE $_l2_append"
 # Seconds (two decimals) from uptime $1 to now.
 lab_since() { awk -v a="$1" -v b="$(lab_uptime)" 'BEGIN { printf "%.2f", b - a }'; }
 lab_log() { echo "LAB-LOG $LAB_SCENARIO: $*"; }
@@ -132,17 +138,52 @@ LAB_KVM_TRACE=/sys/kernel/tracing/trace
 # (the latest kvm_exit with reason "shutdown"), as LAB-KVM-TRACE lines on
 # L1's console, which the host runner shows as evidence. Prints nothing
 # without a trace or a shutdown in it.
+#
+# It also sets LAB_KVM_SIG when the trace has the signature of the
+# emulated platform's resets (docs/lab-reliability.md): the vCPU shut down
+# while an event was being delivered into L2 (a valid intr_info: a page
+# fault, or a timer interrupt KVM injected), right after an exit that
+# L1's KVM handled itself (hlt, msr, cpuid, npf, interrupt), so that no
+# code of the L2 VMM ran between the guest's last instruction and the
+# fault. Every reset seen in the lab since the trace exists has had it,
+# with vmm and with QEMU as the L2 VMM.
 lab_kvm_trace_why() {
+    LAB_KVM_SIG=""
     [ -r "$LAB_KVM_TRACE" ] || return 0
     grep -v '^#' "$LAB_KVM_TRACE" >/tmp/lab-kvm-trace 2>/dev/null || return 0
     _task=$(grep 'kvm_exit: .*reason shutdown' /tmp/lab-kvm-trace | tail -n 1 | awk '{ print $1 }')
     [ -n "$_task" ] || { echo "LAB-KVM-TRACE no shutdown exit in the trace ($(wc -l </tmp/lab-kvm-trace) events)"; return 0; }
     awk -v t="$_task" '$1 == t' /tmp/lab-kvm-trace | tail -n 30 | cut -c1-220 | sed 's/^ */LAB-KVM-TRACE /'
+    LAB_KVM_SIG=$(awk -v t="$_task" '$1 == t && / kvm_exit: / {
+            prev = reason
+            for (i = 1; i < NF; i++) {
+                if ($i == "reason") reason = $(i + 1)
+                if ($i == "intr_info") intr = $(i + 1)
+            }
+        }
+        END {
+            if (reason == "shutdown" && intr ~ /^0x8/ && prev ~ /^(hlt|msr|cpuid|npf|interrupt)$/)
+                printf "shutdown while delivering event %s, right after a %s exit handled in L1 KVM", intr, prev
+        }' /tmp/lab-kvm-trace)
+}
+
+# lab_retry_trace: the bracketed end of a LAB-L2-RESET-RETRY line, from
+# lab_kvm_trace_why's LAB_KVM_SIG; the host runner reads it.
+lab_retry_trace() {
+    echo "[trace: ${LAB_KVM_SIG:-no known signature}]"
 }
 
 # The retries below hide a failure, so each one is counted: the line
 # LAB-L2-RESET-RETRY goes to the host runner, which prints every retry in
 # its summary and fails the run when more than one scenario needed one.
+
+# lab_reset_unasked LOG...: whether the reset these logs show is the
+# lab's unasked one, not a panic of the guest's kernel (panic=-1 makes
+# that a reboot too), which is never run again: a device model that
+# corrupts guest memory shows up as one.
+lab_reset_unasked() {
+    ! grep -qs 'Kernel panic' "$@"
+}
 
 # lab_l2_retry CMD...: runs CMD, which boots one L2 and waits for it (a
 # scenario's own function when it acts from L1 while L2 runs). If the VMM
@@ -155,14 +196,14 @@ lab_kvm_trace_why() {
 lab_l2_retry() {
     LAB_L2_RERUN=""
     "$@" || return 1
-    [ "$LAB_VMM" = vmm ] && [ "$LAB_L2_STATUS" = 3 ] || return 0
+    [ "$LAB_VMM" = vmm ] && [ "$LAB_L2_STATUS" = 3 ] && lab_reset_unasked "$LAB_L2_LOG" || return 0
     _why=$(grep -v 'vcpu-dump: ' "$LAB_L2_LOG" | grep -E 'LAB-L2-[A-Z-]+|triple fault' |
         tail -n 2 | tr -d '\r' | tr '\n' '|' | sed 's/|$//')
     LAB_L2_RERUN="second L2 run, the first was reset: $_why$(lab_dump_why "$LAB_L2_LOG"); "
     cp "$LAB_L2_LOG" "$LAB_L2_LOG-reset"
     lab_dump_markers "$LAB_L2_LOG"
     lab_kvm_trace_why
-    echo "LAB-L2-RESET-RETRY $LAB_SCENARIO: vmm exited 3 (the guest was reset): $_why"
+    echo "LAB-L2-RESET-RETRY $LAB_SCENARIO: vmm exited 3 (the guest was reset): $_why $(lab_retry_trace)"
     lab_log "L2 was reset (status 3): running it once more"
     "$@"
 }
@@ -176,13 +217,13 @@ lab_reset_retry() {
     _out=$1
     shift
     "$@" && return 0
-    [ "${LAB_VMM_STATUS:-}" = 3 ] || return 1
+    [ "${LAB_VMM_STATUS:-}" = 3 ] && lab_reset_unasked "$_out" || return 1
     _why=$(grep -v 'vcpu-dump: ' "$_out" | grep -m1 -E 'triple fault|guest reset|reboot' | cut -c1-300)
     LAB_L2_RERUN="second L2 run, the first was reset: $_why$(lab_dump_why "$_out"); "
     cp "$_out" "$_out-reset"
     lab_dump_markers "$_out"
     lab_kvm_trace_why
-    echo "LAB-L2-RESET-RETRY $LAB_SCENARIO: vmm exited 3 (the guest was reset) before it was ready: $_why"
+    echo "LAB-L2-RESET-RETRY $LAB_SCENARIO: vmm exited 3 (the guest was reset) before it was ready: $_why $(lab_retry_trace)"
     lab_log "L2 was reset (status 3) before it was ready: running it once more"
     "$@"
 }
@@ -408,7 +449,7 @@ lab_l2_cmd() {
     done
     # The guest finds PCI devices only once virtio_pci is loaded.
     [ "$LAB_VMM.$_qbus" = qemu.pci ] && _insmod="${_insmod:+$_insmod,}virtio_pci"
-    _cmdline="console=ttyS0 panic=-1 quiet lab.scenario=$LAB_SCENARIO${_insmod:+ lab.insmod=$_insmod}$_append"
+    _cmdline="$LAB_L2_BASE quiet lab.scenario=$LAB_SCENARIO${_insmod:+ lab.insmod=$_insmod}$_append"
     case $LAB_VMM in
     qemu)
         _m=$_mem

@@ -12,7 +12,7 @@
 . /lab/scenarios/template.common.sh
 clone_identity_run() {
     D=/tmp/tpl
-    cmdline="console=ttyS0 panic=-1 quiet lab.scenario=clone-identity"
+    cmdline="$LAB_L2_BASE quiet lab.scenario=clone-identity"
     lab_reset_retry /tmp/tpl.out tpl_create $D /tmp/tpl.out --cmdline "$cmdline" --cpus 1 --memory size=128M \
         --serial file=/tmp/tpl.serial ||
         lab_fail "vmm template create exited $LAB_VMM_STATUS after $TPL_CREATE_S s: $(tail -n 3 /tmp/tpl.out | tr '\n' '|'); guest: $(tail -n 3 /tmp/tpl.serial | tr -d '\r' | tr '\n' '|')"

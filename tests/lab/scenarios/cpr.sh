@@ -10,7 +10,7 @@
 # "modified" on stderr) with no guest output.
 . /lab/scenarios/snapshot.common.sh
 disk=/tmp/cpr-disk.img mem=/dev/shm/cpr.mem snap=/tmp/cpr.state new=/tmp/vmm-new
-cmdline="console=ttyS0 panic=-1 quiet lab.scenario=cpr lab.insmod=virtio_mmio,virtio_blk"
+cmdline="$LAB_L2_BASE quiet lab.scenario=cpr lab.insmod=virtio_mmio,virtio_blk"
 common="--cpus 2 --memory size=128M,backing=file,path=$mem,share=on --disk path=$disk,id=vda"
 cp "$(command -v vmm)" $new || lab_fail "cannot copy vmm to $new"
 

@@ -4,7 +4,7 @@
 # it through the Generic Event Device and its button driver and shuts
 # down; vmm reports POWERDOWN, then SHUTDOWN (guest-shutdown), and exits 0.
 s=/tmp/pd.serial q=/tmp/pd.qmp
-cmdline="console=ttyS0 panic=-1 quiet lab.scenario=powerdown lab.insmod=virtio_mmio,button,evdev"
+cmdline="$LAB_L2_BASE quiet lab.scenario=powerdown lab.insmod=virtio_mmio,button,evdev"
 # Boots L2 and waits for its power button to be ready; sets pid, ready
 # and, when vmm ended first, LAB_VMM_STATUS.
 pd_boot() {

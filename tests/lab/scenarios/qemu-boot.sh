@@ -7,7 +7,7 @@ mods=virtio_mmio,virtio_pci,virtio_blk,virtio_net,virtio_balloon,virtio_mem
 lab_run_l2 "$log" 300 qemu-system-x86_64 -enable-kvm -cpu host -M microvm,rtc=on \
     -m 256 -smp 2 -nographic -no-reboot \
     -kernel /lab/vmlinuz -initrd /lab/l2.cpio \
-    -append "console=ttyS0 panic=-1 quiet lab.scenario=$LAB_SCENARIO lab.insmod=$mods"
+    -append "$LAB_L2_BASE quiet lab.scenario=$LAB_SCENARIO lab.insmod=$mods"
 booted=$(grep -m1 'LAB-L2-BOOTED' "$log" | tr -d '\r')
 [ -n "$booted" ] || lab_fail "L2 printed no LAB-L2-BOOTED (qemu status $LAB_L2_STATUS after $LAB_L2_SECONDS s; last line: $(tail -n1 "$log" | tr -d '\r'))"
 case "$booted" in

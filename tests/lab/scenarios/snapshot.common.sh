@@ -52,7 +52,7 @@ snap_run() {
     disk=/tmp/snap-disk.img snap=/tmp/snap.state s1=/tmp/snap1.serial s2=/tmp/snap2.serial
     rm -f "$disk" "$snap" /tmp/snap1.* /tmp/snap2.*
     dd if=/dev/zero of="$disk" bs=1M count=$SNAP_DISK_MIB 2>/dev/null
-    cmdline="console=ttyS0 panic=-1 quiet lab.scenario=snapshot lab.insmod=virtio_mmio,virtio_blk"
+    cmdline="$LAB_L2_BASE quiet lab.scenario=snapshot lab.insmod=virtio_mmio,virtio_blk"
     common="--cpus 2 --memory size=256M --disk path=$disk,id=vda"
     lab_reset_retry /tmp/snap1.out snap_boot ||
         lab_fail "the guest wrote no 40 records before the save: $(tail -n 3 $s1 /tmp/snap1.out | tr -d '\r' | tr '\n' '|')$(lab_dump_why /tmp/snap1.out)"

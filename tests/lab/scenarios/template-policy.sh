@@ -14,7 +14,7 @@
 doc=/lab/policy.md
 [ -f $doc ] || lab_fail "no $doc in L1"
 . /lab/scenarios/snapshot.common.sh
-base="console=ttyS0 panic=-1 quiet lab.scenario=template-policy lab.insmod=virtio_mmio"
+base="$LAB_L2_BASE quiet lab.scenario=template-policy lab.insmod=virtio_mmio"
 
 clone_mem() { echo "size=128M,backing=file,path=$1,share=off,readonly=on,rom=off"; }
 

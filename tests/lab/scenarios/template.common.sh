@@ -43,7 +43,7 @@ tpl_create() {
 # console in /tmp/tpl.serial), which template.l2.sh runs.
 tpl_create_disk_guest() {
     tpl_create "$1" "$2" --cmdline \
-        "console=ttyS0 panic=-1 quiet lab.scenario=template lab.insmod=virtio_mmio,virtio_blk" \
+        "$LAB_L2_BASE quiet lab.scenario=template lab.insmod=virtio_mmio,virtio_blk" \
         --cpus 1 --memory size=128M --disk path="$3",id=vda --serial file=/tmp/tpl.serial
 }
 

@@ -45,7 +45,8 @@ for i in $(seq $N); do
     st=$(cat /tmp/clone$i.status 2>/dev/null)
     line=$(tpl_clone_line $i)
     want=$(tpl_clone_want $i)
-    if [ "$line" != "$want" ] && [ "$st" = 3 ] && [ -z "${LAB_L2_RERUN:-}" ]; then
+    if [ "$line" != "$want" ] && [ "$st" = 3 ] && [ -z "${LAB_L2_RERUN:-}" ] &&
+        lab_reset_unasked /tmp/clone$i.out /tmp/clone$i.err; then
         # The clone's guest was reset, which nothing here asks for: the
         # lab's rare unasked L2 reset (lab_l2_retry), which one clone per
         # run may have once, counted like any L2 retry. KVM's last exits
@@ -53,7 +54,7 @@ for i in $(seq $N); do
         why=$(tail -n 2 /tmp/clone$i.out | tr -d '\r' | tr '\n' '|')
         lab_dump_markers /tmp/clone$i.err
         lab_kvm_trace_why
-        echo "LAB-L2-RESET-RETRY $LAB_SCENARIO: clone $i exited 3 (its guest was reset) after printing [$why]"
+        echo "LAB-L2-RESET-RETRY $LAB_SCENARIO: clone $i exited 3 (its guest was reset) after printing [$why] $(lab_retry_trace)"
         LAB_L2_RERUN="clone $i started again, the first was reset after printing [$why]; "
         cp /tmp/clone$i.err /tmp/clone$i.err-reset
         rm -f /tmp/clone$i.img

@@ -46,21 +46,29 @@ pings_until_answered() {
     ping -c $NET_PINGS -W 10 $NET_L2_IP 2>&1 | grep 'packets transmitted'
 }
 
-start_daemons 1
-lab_l2_start /tmp/l2.log 200 --cpus 2 --mem 256M,backing=memfd \
-    --insmod virtio_mmio,virtio_blk,virtio_net \
-    --vhost-user-blk socket=$bsock,id=vub0 --vhost-user-net socket=$nsock,mac=$NET_MAC,id=vun0
-up=$(lab_l2_until LAB-L2-NET-UP 90)
-[ -n "$up" ] && l1_ping=$(ping -c $NET_PINGS -W 10 $NET_L2_IP 2>&1 | grep 'packets transmitted')
-idle=$(lab_l2_until LAB-L2-VU-IDLE 60)
-if [ -n "$idle" ]; then
-    t0=$(lab_uptime)
-    stop_daemons
-    start_daemons 2
-    l1_ping2=$(pings_until_answered 30)
-    restart_s=$(lab_since "$t0")
-fi
-lab_l2_wait
+# One L2 with a fresh pair of daemons; run again by lab_l2_retry should
+# the guest be reset (the daemons of the first run are stopped first).
+vu_run() {
+    [ -f /tmp/vu-blk.pid ] && stop_daemons
+    up="" l1_ping="" idle="" l1_ping2="" restart_s=""
+    start_daemons 1
+    lab_l2_start /tmp/l2.log 200 --cpus 2 --mem 256M,backing=memfd \
+        --insmod virtio_mmio,virtio_blk,virtio_net \
+        --vhost-user-blk socket=$bsock,id=vub0 --vhost-user-net socket=$nsock,mac=$NET_MAC,id=vun0 ||
+        return 1
+    up=$(lab_l2_until LAB-L2-NET-UP 90)
+    [ -n "$up" ] && l1_ping=$(ping -c $NET_PINGS -W 10 $NET_L2_IP 2>&1 | grep 'packets transmitted')
+    idle=$(lab_l2_until LAB-L2-VU-IDLE 60)
+    if [ -n "$idle" ]; then
+        t0=$(lab_uptime)
+        stop_daemons
+        start_daemons 2
+        l1_ping2=$(pings_until_answered 30)
+        restart_s=$(lab_since "$t0")
+    fi
+    lab_l2_wait
+}
+lab_l2_retry vu_run || lab_fail "L2 did not start: $(tail -n 3 /tmp/l2.log 2>/dev/null | tr '\n' '|')"
 
 lab_l2_line LAB-L2-BOOTED >/dev/null || lab_fail "L2 printed no LAB-L2-BOOTED: $(lab_l2_why)"
 wrote=$(lab_l2_line LAB-L2-BLOCK-RW)
