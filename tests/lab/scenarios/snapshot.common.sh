@@ -109,6 +109,13 @@ snap_run() {
     wait $pid2
     status2=$?
     done_line=$(tr -d '\r' <$s2 | grep -m1 LAB-L2-SNAP-DONE)
+    if [ -z "$done_line" ] && [ "$status2" = 3 ] && [ -z "${SNAP_RERUN:-}" ] &&
+        lab_restored_reset_ok /tmp/snap2.out $s2 "$saved" 20; then
+        SNAP_RERUN=$LAB_RESTORE_RERUN
+        snap_run "$paused"
+        LAB_L2_RERUN="${LAB_L2_RERUN:-}$SNAP_RERUN"
+        return 0
+    fi
     [ -n "$done_line" ] || lab_fail "the restored guest did not finish: $(tail -n 3 $s2 /tmp/snap2.out | tr -d '\r' | tr '\n' '|')"
     [ "$status2" = 0 ] || lab_fail "the restored vmm exited $status2: $(tail -n 3 /tmp/snap2.out | tr '\n' '|')"
 

@@ -46,7 +46,7 @@ for i in $(seq $N); do
     line=$(tpl_clone_line $i)
     want=$(tpl_clone_want $i)
     if [ "$line" != "$want" ] && [ "$st" = 3 ] && [ -z "${LAB_L2_RERUN:-}" ] &&
-        lab_reset_unasked /tmp/clone$i.out /tmp/clone$i.err; then
+        lab_reset_unasked /tmp/clone$i.err; then
         # The clone's guest was reset, which nothing here asks for: the
         # lab's rare unasked L2 reset (lab_l2_retry), which one clone per
         # run may have once, counted like any L2 retry. KVM's last exits
