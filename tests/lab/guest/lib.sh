@@ -141,8 +141,8 @@ LAB_KVM_TRACE=/sys/kernel/tracing/trace
 #
 # It also sets LAB_KVM_SIG when the trace has the signature of the
 # emulated platform's resets (docs/lab-reliability.md): the vCPU shut down
-# while an event was being delivered into L2 (a valid intr_info: a page
-# fault, or a timer interrupt KVM injected), right after an exit that
+# while an event was being delivered into L2 (intr_info: a page fault, or
+# an external interrupt such as the timer's), right after an exit that
 # L1's KVM handled itself (hlt, msr, cpuid, npf, interrupt) or a port
 # access (io), whose answer cannot unmap the guest's memory: the guest
 # then failed to reach its own IDT, stack or next instruction. Every
@@ -163,7 +163,10 @@ lab_kvm_trace_why() {
             }
         }
         END {
-            if (reason == "shutdown" && intr ~ /^0x8/ && prev ~ /^(hlt|msr|cpuid|npf|interrupt|io)$/)
+            # A page fault (0x80000b0e) or an external interrupt (0x800000NN);
+            # not a software interrupt such as the int3 of a forced reset.
+            event = intr ~ /^0x80000b0e$/ || intr ~ /^0x800000[0-9a-f][0-9a-f]$/
+            if (reason == "shutdown" && event && prev ~ /^(hlt|msr|cpuid|npf|interrupt|io)$/)
                 printf "shutdown while delivering event %s, right after a%s %s exit", intr, prev == "io" ? "n" : "", prev
         }' /tmp/lab-kvm-trace)
 }
