@@ -146,7 +146,7 @@ LAB_KVM_TRACE=/sys/kernel/tracing/trace
 # L1's KVM handled itself (hlt, msr, cpuid, npf, interrupt) or a port
 # access (io), whose answer cannot unmap the guest's memory: the guest
 # then failed to reach its own IDT, stack or next instruction. Every
-# reset traced so far (six) has had it, with vmm and with QEMU as the L2
+# reset traced so far (seven) has had it, with vmm and with QEMU as the L2
 # VMM.
 lab_kvm_trace_why() {
     LAB_KVM_SIG=""
