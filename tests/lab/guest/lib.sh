@@ -171,10 +171,19 @@ lab_kvm_trace_why() {
         }' /tmp/lab-kvm-trace)
 }
 
-# lab_retry_trace: the bracketed end of a LAB-L2-RESET-RETRY line, from
-# lab_kvm_trace_why's LAB_KVM_SIG; the host runner reads it.
-lab_retry_trace() {
-    echo "[trace: ${LAB_KVM_SIG:-no known signature}]"
+# lab_reset_evidence LOG: what a retry keeps of a reset L2, before it runs
+# again: LOG as LOG-reset, vmm's vCPU dump in LOG as markers, and KVM's
+# trace (which sets LAB_KVM_SIG).
+lab_reset_evidence() {
+    cp "$1" "$1-reset"
+    lab_dump_markers "$1"
+    lab_kvm_trace_why
+}
+
+# lab_retry_line WHAT: the LAB-L2-RESET-RETRY line the host runner counts,
+# ending with lab_kvm_trace_why's verdict, which the runner reads.
+lab_retry_line() {
+    echo "LAB-L2-RESET-RETRY $LAB_SCENARIO: $* [trace: ${LAB_KVM_SIG:-no known signature}]"
 }
 
 # The retries below hide a failure, so each one is counted: the line
@@ -206,32 +215,10 @@ lab_l2_retry() {
     _why=$(grep -v 'vcpu-dump: ' "$LAB_L2_LOG" | grep -E 'LAB-L2-[A-Z-]+|triple fault' |
         tail -n 2 | tr -d '\r' | tr '\n' '|' | sed 's/|$//')
     LAB_L2_RERUN="second L2 run, the first was reset: $_why$(lab_dump_why "$LAB_L2_LOG"); "
-    cp "$LAB_L2_LOG" "$LAB_L2_LOG-reset"
-    lab_dump_markers "$LAB_L2_LOG"
-    lab_kvm_trace_why
-    echo "LAB-L2-RESET-RETRY $LAB_SCENARIO: vmm exited 3 (the guest was reset): $_why $(lab_retry_trace)"
+    lab_reset_evidence "$LAB_L2_LOG"
+    lab_retry_line "vmm exited 3 (the guest was reset): $_why"
     lab_log "L2 was reset (status 3): running it once more"
     "$@"
-}
-
-# lab_restored_reset_ok OUT SERIAL FROM MIN: whether the reset of a
-# restored guest may be retried by saving and restoring again (snapshot
-# scenarios): vmm, its stderr in OUT, ended with a triple fault whose KVM
-# trace has the emulated platform's signature, after the restored guest
-# had counted (LAB-L2-COUNT lines in SERIAL) at least MIN past FROM. A
-# restore that got the vCPU state wrong (descriptor tables, a timer)
-# faults at the guest's first interrupt, long before that. Prints the
-# LAB-L2-RESET-RETRY line and sets LAB_RESTORE_RERUN when it may.
-lab_restored_reset_ok() {
-    LAB_RESTORE_RERUN=""
-    lab_reset_unasked "$1" || return 1
-    _last=$(tr -d '\r' <"$2" 2>/dev/null | sed -n 's/^LAB-L2-COUNT \([0-9][0-9]*\)$/\1/p' | tail -n1)
-    lab_dump_markers "$1"
-    lab_kvm_trace_why
-    [ -n "$LAB_KVM_SIG" ] && [ $((${_last:-0} - $3)) -ge "$4" ] || return 1
-    cp "$1" "$1-reset"
-    LAB_RESTORE_RERUN="saved and restored again, the first restored guest was reset after counting from $3 to $_last; "
-    echo "LAB-L2-RESET-RETRY $LAB_SCENARIO: the restored guest was reset after counting from $3 to $_last $(lab_retry_trace)"
 }
 
 # lab_reset_retry OUT CMD...: for scenarios that start vmm themselves:
@@ -246,10 +233,8 @@ lab_reset_retry() {
     [ "${LAB_VMM_STATUS:-}" = 3 ] && lab_reset_unasked "$_out" || return 1
     _why=$(grep -v 'vcpu-dump: ' "$_out" | grep -m1 -E 'triple fault|guest reset|reboot' | cut -c1-300)
     LAB_L2_RERUN="second L2 run, the first was reset: $_why$(lab_dump_why "$_out"); "
-    cp "$_out" "$_out-reset"
-    lab_dump_markers "$_out"
-    lab_kvm_trace_why
-    echo "LAB-L2-RESET-RETRY $LAB_SCENARIO: vmm exited 3 (the guest was reset) before it was ready: $_why $(lab_retry_trace)"
+    lab_reset_evidence "$_out"
+    lab_retry_line "vmm exited 3 (the guest was reset) before it was ready: $_why"
     lab_log "L2 was reset (status 3) before it was ready: running it once more"
     "$@"
 }

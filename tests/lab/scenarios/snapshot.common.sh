@@ -11,6 +11,23 @@ snap_status() { sed -n 's/.*"status": "\([a-z-]*\)".*/\1/p' | head -n1; }
 # The counter values of whole "LAB-L2-COUNT N" lines in the files given.
 snap_counts() { cat "$@" 2>/dev/null | tr -d '\r' | sed -n 's/^LAB-L2-COUNT \([0-9][0-9]*\)$/\1/p'; }
 
+# snap_restored_reset_ok OUT SERIAL FROM MIN: whether the reset of a
+# restored guest may be retried by saving and restoring again: vmm, its
+# stderr in OUT, ended with a triple fault whose KVM trace has the
+# emulated platform's signature, after the restored guest had counted
+# (in SERIAL) at least MIN past FROM. A restore that got the vCPU state
+# wrong (descriptor tables, a timer) faults at the guest's first
+# interrupt, long before that. Prints the LAB-L2-RESET-RETRY line and sets
+# SNAP_RERUN when it may.
+snap_restored_reset_ok() {
+    lab_reset_unasked "$1" || return 1
+    _last=$(snap_counts "$2" | tail -n1)
+    lab_reset_evidence "$1"
+    [ -n "$LAB_KVM_SIG" ] && [ $((${_last:-0} - $3)) -ge "$4" ] || return 1
+    SNAP_RERUN="saved and restored again, the first restored guest was reset after counting from $3 to $_last; "
+    lab_retry_line "the restored guest was reset after counting from $3 to $_last"
+}
+
 # snap_wait_count FILE N SECONDS: until FILE has counted to N or more.
 snap_wait_count() {
     _t=$(lab_uptime)
@@ -110,8 +127,7 @@ snap_run() {
     status2=$?
     done_line=$(tr -d '\r' <$s2 | grep -m1 LAB-L2-SNAP-DONE)
     if [ -z "$done_line" ] && [ "$status2" = 3 ] && [ -z "${SNAP_RERUN:-}" ] &&
-        lab_restored_reset_ok /tmp/snap2.out $s2 "$saved" 20; then
-        SNAP_RERUN=$LAB_RESTORE_RERUN
+        snap_restored_reset_ok /tmp/snap2.out $s2 "$saved" 20; then
         snap_run "$paused"
         LAB_L2_RERUN="${LAB_L2_RERUN:-}$SNAP_RERUN"
         return 0

@@ -52,11 +52,9 @@ for i in $(seq $N); do
         # run may have once, counted like any L2 retry. KVM's last exits
         # and vmm's dump go to the log first.
         why=$(tail -n 2 /tmp/clone$i.out | tr -d '\r' | tr '\n' '|')
-        lab_dump_markers /tmp/clone$i.err
-        lab_kvm_trace_why
-        echo "LAB-L2-RESET-RETRY $LAB_SCENARIO: clone $i exited 3 (its guest was reset) after printing [$why] $(lab_retry_trace)"
+        lab_reset_evidence /tmp/clone$i.err
+        lab_retry_line "clone $i exited 3 (its guest was reset) after printing [$why]"
         LAB_L2_RERUN="clone $i started again, the first was reset after printing [$why]; "
-        cp /tmp/clone$i.err /tmp/clone$i.err-reset
         rm -f /tmp/clone$i.img
         tpl_clone_start $i $i --dir $D --disk id=vda,path=/tmp/clone$i.img
         tpl_clone_wait $N 200 || lab_fail "clone $i, started again, still running after 200 s"

@@ -22,6 +22,15 @@ fn saved_with_pending(g: &mut Guest, host: &PacketSocket, frame: &[u8]) -> (Vec<
     (dev.save_bytes(), dev.counters())
 }
 
+/// The device those bytes restore on tnet0, its interrupts logged.
+fn restored_on_tnet0(g: &Guest, bytes: &[u8]) -> (Net, Arc<InterruptLog>) {
+    let mut dev =
+        retry_busy(|| Net::restore_bytes((config("tnet0"), g.ram.clone()), bytes)).unwrap();
+    let log = Arc::new(InterruptLog::default());
+    dev.common_mut().interrupt = Some(log.clone());
+    (dev, log)
+}
+
 #[test]
 fn a_held_packet_counters_and_offloads_survive_save_and_restore() {
     in_netns(|| {
@@ -32,10 +41,7 @@ fn a_held_packet_counters_and_offloads_survive_save_and_restore() {
         let (bytes, counters) = saved_with_pending(&mut g, &host, &frame);
         // The saving device is gone (its TAP fd closed) before the restore.
 
-        let mut dev =
-            retry_busy(|| Net::restore_bytes((config("tnet0"), g.ram.clone()), &bytes)).unwrap();
-        let log = Arc::new(InterruptLog::default());
-        dev.common_mut().interrupt = Some(log.clone());
+        let (mut dev, log) = restored_on_tnet0(&g, &bytes);
         assert!(dev.common().activated);
         assert!(dev.rx_stalled());
         assert_eq!(dev.counters(), counters);
@@ -81,10 +87,7 @@ fn counters_restored_at_the_maximum_stay_there() {
             tx_dropped: u64::MAX,
         };
         state.counters = max;
-        let bytes = encode(TYPE_NET, 1, &state);
-        let mut dev =
-            retry_busy(|| Net::restore_bytes((config("tnet0"), g.ram.clone()), &bytes)).unwrap();
-        dev.common_mut().interrupt = Some(Arc::new(InterruptLog::default()));
+        let (mut dev, _log) = restored_on_tnet0(&g, &encode(TYPE_NET, 1, &state));
         g.post_rx(&[2048]);
         dev.queue_notify(RX_QUEUE);
         assert_eq!(&g.rx_used()[0].2[12..], &frame[..]);
